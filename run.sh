@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# clipflux's one entry point. It creates .venv from pyproject.toml + constraints.txt when missing or stale
+# (idempotent: a second call reuses it), then runs what you ask:
+#   ./run.sh repro [dvc repro args]   the main job: the whole DVC pipeline on the embedded default
+#   ./run.sh test  [pytest args]      the test suite
+#   ./run.sh setup                    only set up the environment
+#   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh dvc dag)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+python=${PYTHON:-python3.11}
+stamp=$(cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
+if [ ! -x .venv/bin/python ] || [ "$(cat .venv/.clipflux-stamp 2>/dev/null)" != "$stamp" ]; then
+  echo "setting up .venv (first run takes a few minutes) ..." >&2
+  rm -rf .venv
+  "$python" -m venv .venv
+  .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+  echo "$stamp" > .venv/.clipflux-stamp
+fi
+export PATH="$PWD/.venv/bin:$PATH"
+
+command=${1:-}
+[ $# -gt 0 ] && shift
+case "$command" in
+  repro) exec dvc repro "$@" ;;
+  test) exec python -m pytest "$@" ;;
+  setup) echo "environment ready: $PWD/.venv" ;;
+  "") echo "usage: ./run.sh repro|test|setup|<command>" >&2; exit 2 ;;
+  *) exec "$command" "$@" ;;
+esac

@@ -1,0 +1,83 @@
+"""Full-state checkpoints: written atomically, verified by sha256 on load, the last few kept.
+
+A checkpoint is one `torch.save` file `ckpt-<task>-<step>.pt` plus `<file>.sha256`. Writing goes to a
+temporary file that is fsynced and renamed, and the checksum is written last, so a checkpoint without a
+matching checksum is never trusted: an interrupted write can never replace a good file with a broken one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be used (corrupt, or written with other parameters)."""
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save(directory: str | Path, task: int, step: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write a checkpoint for position (task, step) and prune all but the newest `keep`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getvalue()
+    path = directory / f"ckpt-{task:04d}-{step:08d}.pt"
+    _atomic_write(path, data)
+    _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
+    for old in sorted(directory.glob("ckpt-*.pt"))[:-keep]:
+        old.unlink()
+        old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+    return path
+
+
+def load_latest(directory: str | Path) -> dict[str, Any] | None:
+    """The newest checkpoint whose bytes match its checksum, or None when there is none.
+
+    Corrupt or unfinished checkpoints are reported and skipped in favour of the previous valid one.
+    """
+    for path in sorted(Path(directory).glob("ckpt-*.pt"), reverse=True):
+        digest_file = path.with_name(path.name + ".sha256")
+        data = path.read_bytes()
+        if not digest_file.exists():
+            log.warning("checkpoint %s has no checksum (interrupted write?): skipped", path)
+            continue
+        if hashlib.sha256(data).hexdigest() != digest_file.read_text().strip():
+            log.warning("checkpoint %s does not match its sha256 (corrupt): skipped", path)
+            continue
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    return None
+
+
+def clear(directory: str | Path) -> None:
+    """Remove every checkpoint in `directory` (starting over)."""
+    for path in Path(directory).glob("ckpt-*"):
+        path.unlink()
+
+
+def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:
+    """Stop with the differing keys when a checkpoint was written with other parameters."""
+    keys = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if keys:
+        details = "; ".join(f"{k}: checkpoint {saved.get(k)!r} vs now {current.get(k)!r}" for k in keys)
+        raise CheckpointError(
+            f"the checkpoint was written with other parameters ({details}). "
+            "Restore them to resume, or delete the checkpoints folder to start over."
+        )

@@ -1,0 +1,305 @@
+"""Typed, strict views of `params.yaml`.
+
+Each top-level section mirrors a dataclass. Loading is strict: an unknown key, a missing key or a value
+of the wrong type or range raises `ConfigError` naming the key path, the value and what is allowed, so a
+stage stops before doing any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A parameter is unknown, missing or invalid."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+@dataclass(frozen=True)
+class WorldConfig:
+    """The synthetic world that `download` generates (the embedded default)."""
+
+    seed: int
+    scale: float
+    image_size: int
+    pool_size: int
+    train_per_class: int
+    test_per_class: int
+    shard_size: int
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "scale", "pool_size", "train_per_class", "test_per_class", "shard_size")
+        _choice(path + ".image_size", self.image_size, (32, 64, 224))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which open_clip architecture to build, and where its starting weights come from."""
+
+    name: str
+    pretrained: str | None = None
+
+    def validate(self, path: str) -> None:
+        if not self.name:
+            raise ConfigError(f"{path}.name: must be a non-empty open_clip model name")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay, as FiF and open_clip train."""
+
+    lr: float
+    weight_decay: float
+    warmup_steps: int
+    clip_grad_norm: float
+    batch_size: int
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "lr", "batch_size")
+        _non_negative(self, path, "weight_decay", "warmup_steps", "clip_grad_norm")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Contrastive pretraining of the base model on the captioned pool."""
+
+    seed: int
+    samples: int
+    threads: int
+    checkpoint_every: int
+    optim: OptimConfig
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "samples", "threads", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class MixtureConfig:
+    """Shares of each batch drawn from new task data, the replay buffer and the pretraining pool."""
+
+    update: float
+    buffer: float
+    pretraining: float
+
+    def validate(self, path: str) -> None:
+        _non_negative(self, path, "update", "buffer", "pretraining")
+        total = self.update + self.buffer + self.pretraining
+        if abs(total - 1.0) > 1e-6:
+            raise ConfigError(f"{path}: update + buffer + pretraining must sum to 1, got {total:g}")
+        if self.update <= 0:
+            raise ConfigError(f"{path}.update: must be > 0 (each batch needs new data), got {self.update}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Continual adaptation over the tasks of a stream; shared by every experiment."""
+
+    seed: int
+    samples_per_task: int
+    threads: int
+    checkpoint_every: int
+    optim: OptimConfig
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "samples_per_task", "threads", "checkpoint_every")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """A FiF-format stream file and the number of tasks it is chunked into."""
+
+    file: str
+    num_tasks: int
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "num_tasks")
+        if not self.file.endswith(".json"):
+            raise ConfigError(f"{path}.file: expected a streams/*.json file, got {self.file!r}")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """One run of the study: an update method on a stream with a data mixture."""
+
+    method: str
+    stream: str
+    mixture: MixtureConfig
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Zero-shot evaluation after every task."""
+
+    batch_size: int
+    threads: int
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "batch_size", "threads")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The whole of `params.yaml`."""
+
+    world: WorldConfig
+    model: ModelConfig
+    pretrain: PretrainConfig
+    streams: dict[str, StreamConfig]
+    train: TrainConfig
+    methods: dict[str, dict[str, Any]]
+    experiments: dict[str, ExperimentConfig]
+    evaluate: EvaluateConfig
+
+    def validate(self, path: str) -> None:
+        from clipflux.methods import REGISTRY, method_params
+
+        for name, exp in self.experiments.items():
+            where = f"experiments.{name}"
+            _choice(where + ".method", exp.method, sorted(REGISTRY))
+            _choice(where + ".stream", exp.stream, sorted(self.streams))
+        for name, hyper in self.methods.items():
+            _choice(f"methods.{name}", name, sorted(REGISTRY))
+            method_params(name, hyper)  # raises ConfigError naming the bad key
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Load and validate `params.yaml`.
+
+    Args:
+        path: the parameters file.
+
+    Returns:
+        The typed parameters.
+
+    Raises:
+        ConfigError: naming the offending key, its value and what is allowed.
+    """
+    with open(path) as f:
+        raw = yaml.safe_load(f) or {}
+    return from_dict(Params, raw, "")
+
+
+def from_dict(cls: type, raw: Any, path: str) -> Any:
+    """Build dataclass `cls` from a plain mapping, strictly.
+
+    Args:
+        cls: a dataclass type whose fields are annotated with supported types.
+        raw: the mapping read from YAML.
+        path: the dotted key path of `raw`, for error messages ("" at the top).
+
+    Returns:
+        An instance of `cls`, validated by its `validate(path)` method if it has one.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path or '<top>'}: expected a mapping of {_field_names(cls)}, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        key = _join(path, unknown[0])
+        raise ConfigError(f"{key}: unknown key; allowed keys here are {sorted(fields)}")
+    values = {}
+    for name, f in fields.items():
+        key = _join(path, name)
+        if name not in raw:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ConfigError(f"{key}: missing key (expected {_type_name(hints[name])})")
+            continue
+        values[name] = _coerce(hints[name], raw[name], key)
+    obj = cls(**values)
+    if hasattr(obj, "validate"):
+        obj.validate(path.rstrip(".") or cls.__name__)
+    return obj
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(inner[0], value, key)
+    if origin is Literal:
+        _choice(key, value, args)
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {k: _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def _positive(obj: Any, path: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if not value > 0:
+            raise ConfigError(f"{path}.{name}: must be > 0, got {value!r}")
+
+
+def _non_negative(obj: Any, path: str, *names: str) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0:
+            raise ConfigError(f"{path}.{name}: must be >= 0, got {value!r}")
+
+
+def _choice(key: str, value: Any, allowed: typing.Iterable[Any]) -> None:
+    allowed = list(allowed)
+    if value not in allowed:
+        raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {allowed}")
+
+
+def _join(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+__all__ = [
+    "ConfigError",
+    "EvaluateConfig",
+    "ExperimentConfig",
+    "MixtureConfig",
+    "ModelConfig",
+    "OptimConfig",
+    "Params",
+    "PretrainConfig",
+    "StreamConfig",
+    "TrainConfig",
+    "WorldConfig",
+    "from_dict",
+    "load_params",
+]

@@ -1,0 +1,1 @@
+"""Data: the synthetic world, raw-to-shard preprocessing, shard reading and batch loading."""

@@ -1,0 +1,65 @@
+"""Batches as a pure function of the step: a map-style dataset whose item `s` is the whole batch of step s.
+
+Because a batch depends only on (seed, task, step), a `DataLoader` over `range(start, steps)` with any
+number of workers yields exactly the batches the uninterrupted run saw, which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from clipflux.data.shards import ShardReader
+from clipflux.models import to_input
+from clipflux.replay import SOURCES, draw
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """The batches of one task.
+
+    Args:
+        readers: shard readers by dataset id (the ids used in the items arrays).
+        sources: items per source name ("update", "buffer", "pretraining"), each (N, 2) (dataset id, index).
+        counts: samples per batch from each source (see `replay.split_batch`).
+        seed, task: what the sampling is derived from.
+        tokenizer: turns captions into token ids.
+        image_size: the model's input resolution.
+    """
+
+    def __init__(self, readers: list[ShardReader], sources: dict[str, np.ndarray], counts: dict[str, int],
+                 seed: int, task: int, steps: int, tokenizer, image_size: int):
+        self.readers, self.sources, self.counts = readers, sources, counts
+        self.seed, self.task, self.steps = seed, task, steps
+        self.tokenizer, self.image_size = tokenizer, image_size
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def items(self, step: int) -> np.ndarray:
+        """The (dataset id, index) pairs of the batch of `step`, update data first."""
+        parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i)
+                 for i, name in enumerate(SOURCES)]
+        return np.concatenate(parts)
+
+    def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
+        items = self.items(step)
+        samples = [self.readers[d].read(int(i), ("png", "txt")) for d, i in items]
+        images = np.stack([s["png"] for s in samples])
+        return {
+            "images": to_input(images, self.image_size),
+            "texts": self.tokenizer([s["txt"] for s in samples]),
+            "items": torch.as_tensor(items),
+        }
+
+
+def index_items(reader_id: int, reader: ShardReader, keys: list[str] | None = None) -> np.ndarray:
+    """(N, 2) items (reader id, sample index) for the given keys of a reader (all of them by default)."""
+    if keys is None:
+        indices = np.arange(len(reader))
+    else:
+        position = {k: i for i, k in enumerate(reader.keys)}
+        missing = [k for k in keys if k not in position]
+        if missing:
+            raise KeyError(f"{reader.shard_dir}: {len(missing)} stream keys not in the shards, e.g. {missing[0]!r}")
+        indices = np.array([position[k] for k in keys], dtype=np.int64)
+    return np.stack([np.full(len(indices), reader_id, dtype=np.int64), indices], axis=1)

@@ -1,0 +1,121 @@
+"""The data stages' work: generate the raw world (download) and turn raw data into shards (preprocess).
+
+Raw layout, per dataset: `<raw>/<dataset>/card.json` (the dataset card) and per split `<split>.npy`
+(uint8 images) with `<split>.jsonl` (one record per image). Real datasets land in the same layout
+(see the importers), so `preprocess` does not care where raw data came from.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from clipflux.config import WorldConfig
+from clipflux.data.shards import load_manifest, write_shards
+from clipflux.data.world import build_world, generate
+
+
+def _write_json(path: Path, obj: object) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _counts(cfg: WorldConfig, role: str, split: str) -> int:
+    if role == "pretraining":
+        return max(1, round(cfg.pool_size * cfg.scale))
+    per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
+    return max(1, round(per_class * cfg.scale))
+
+
+def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True) -> list[str]:
+    """Generate every dataset of the synthetic world into `raw_dir` (the download stage).
+
+    Args:
+        cfg: the `world` section of params.
+        raw_dir: the output folder; replaced as a whole.
+        progress: show a progress bar per dataset.
+
+    Returns:
+        The dataset names, in generation order.
+    """
+    raw_dir = Path(raw_dir)
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    names = []
+    for spec in build_world().values():
+        out = raw_dir / spec.name
+        out.mkdir(parents=True)
+        _write_json(out / "card.json", spec.card())
+        for split in spec.splits:
+            count = _counts(cfg, spec.role, split)
+            images, records = generate(spec, split, count, cfg.image_size, cfg.seed)
+            np.save(out / f"{split}.npy", images)
+            with open(out / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+            if progress:
+                tqdm.write(f"download: {spec.name}/{split}: {len(records)} samples")
+        names.append(spec.name)
+    return names
+
+
+def read_raw(dataset_dir: str | Path, split: str) -> tuple[np.ndarray, list[dict]]:
+    """Images and records of one raw split."""
+    dataset_dir = Path(dataset_dir)
+    images = np.load(dataset_dir / f"{split}.npy")
+    with open(dataset_dir / f"{split}.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    if len(records) != len(images):
+        raise ValueError(f"{dataset_dir}/{split}: {len(images)} images but {len(records)} records")
+    return images, records
+
+
+def shard_dataset(dataset_dir: str | Path, out_dir: str | Path, shard_size: int) -> dict:
+    """Write one raw dataset as webdataset shards plus its manifest.
+
+    Returns:
+        The manifest: the dataset card plus, per split, sample count, per-class counts and shards.
+    """
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    card = json.loads((dataset_dir / "card.json").read_text())
+    manifest = dict(card, splits={})
+    for split_file in sorted(dataset_dir.glob("*.jsonl")):
+        split = split_file.stem
+        images, records = read_raw(dataset_dir, split)
+        labels = Counter(r["classname"] for r in records if r["classname"] is not None)
+        manifest["splits"][split] = {
+            "count": len(records),
+            "class_counts": dict(sorted(labels.items())),
+            "shards": write_shards(out_dir, split, images, records, shard_size),
+        }
+    _write_json(out_dir / "manifest.json", manifest)
+    return manifest
+
+
+def preprocess(raw_dir: str | Path, shards_dir: str | Path, shard_size: int) -> dict[str, dict]:
+    """Shard every raw dataset (the preprocess stage); `shards_dir` is replaced as a whole.
+
+    Returns:
+        The manifests by dataset name; also written as `<shards_dir>/datasets.json` (name -> role, task).
+    """
+    raw_dir, shards_dir = Path(raw_dir), Path(shards_dir)
+    if shards_dir.exists():
+        shutil.rmtree(shards_dir)
+    manifests = {}
+    for dataset_dir in tqdm(sorted(p for p in raw_dir.iterdir() if p.is_dir()), desc="preprocess", unit="dataset"):
+        manifests[dataset_dir.name] = shard_dataset(dataset_dir, shards_dir / dataset_dir.name, shard_size)
+    index = {name: {"role": m["role"], "task": m["task"]} for name, m in manifests.items()}
+    _write_json(shards_dir / "datasets.json", index)
+    return manifests
+
+
+def load_datasets(shards_dir: str | Path) -> dict[str, dict]:
+    """Every dataset's manifest under a shards folder, by name."""
+    index = json.loads((Path(shards_dir) / "datasets.json").read_text())
+    return {name: load_manifest(Path(shards_dir) / name) for name in index}

@@ -1,0 +1,13 @@
+"""Update methods, registered by name. Each method lives in its own module, imported here explicitly."""
+
+from clipflux.methods import finetune  # noqa: F401  (registers "finetune")
+from clipflux.methods.base import REGISTRY, Method, method_params, register
+
+__all__ = ["REGISTRY", "Method", "build_method", "method_params", "register"]
+
+
+def build_method(name: str, raw_params: dict | None) -> Method:
+    """Instantiate a registered method with its validated hyperparameters."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown method {name!r}; registered: {sorted(REGISTRY)}")
+    return REGISTRY[name](method_params(name, raw_params))

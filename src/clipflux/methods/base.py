@@ -1,0 +1,93 @@
+"""The `Method` contract and the registry of update methods.
+
+The trainer owns the loop (zero_grad, backward, clipping, optimizer and scheduler steps, precision); a
+method only says which parameters train, what the loss is, and what happens at task boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, ClassVar
+
+import open_clip
+import torch
+
+from clipflux.config import from_dict
+
+REGISTRY: dict[str, type["Method"]] = {}
+
+
+def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
+    """Class decorator: register a method under `name` (explicitly, no import side effects elsewhere)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in REGISTRY:
+            raise ValueError(f"method {name!r} is registered twice")
+        cls.name = name
+        REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyperparameters."""
+
+
+def method_params(name: str, raw: dict[str, Any] | None) -> Any:
+    """Validate the `methods.<name>` section of params.yaml into the method's own dataclass."""
+    return from_dict(REGISTRY[name].Params, raw or {}, f"methods.{name}")
+
+
+def clip_loss(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The symmetric InfoNCE loss of CLIP over a batch's image-text pairs."""
+    image_features, text_features, logit_scale = out[:3]
+    return open_clip.ClipLoss()(image_features, text_features, logit_scale)
+
+
+class Method:
+    """Base class of update methods: full finetuning of every parameter with the CLIP loss.
+
+    Subclasses override what differs. State that changes during training must be returned by
+    `state_dict` so that a resumed run is bit-identical to an uninterrupted one.
+    """
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type] = NoParams
+
+    def __init__(self, params: Any):
+        self.params = params
+        self.model: torch.nn.Module | None = None
+
+    def setup(self, model: torch.nn.Module) -> None:
+        """Take the model to update (called once, before the first task)."""
+        self.model = model
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        """The parameters the optimizer updates."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def begin_task(self, task: int) -> None:
+        """Called before the first step of `task`."""
+
+    def loss(self, batch: dict[str, torch.Tensor], out: tuple) -> torch.Tensor:
+        """The training loss of one batch, given the model's output on it."""
+        return clip_loss(out)
+
+    def after_step(self) -> None:
+        """Called after every optimizer step."""
+
+    def end_task(self, task: int) -> None:
+        """Called after the last step of `task`."""
+
+    def eval_model(self) -> torch.nn.Module:
+        """The weights to evaluate (merged, EMA, ...); by default the trained model itself."""
+        return self.model
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything besides the model weights that resuming needs."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` returned."""

@@ -1,0 +1,82 @@
+"""Models: open_clip architectures (custom ones as JSON configs in `configs/models/`) and their weights."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+
+from clipflux.config import ModelConfig
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
+MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)
+
+
+def register_configs(config_dir: str | Path = CONFIG_DIR) -> None:
+    """Make the JSON architectures in `config_dir` known to open_clip by their file names."""
+    open_clip.add_model_config(Path(config_dir))
+
+
+def create_model(cfg: ModelConfig) -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
+    """Build the model and its tokenizer, with random weights (pretrained weights load separately).
+
+    Raises:
+        ValueError: when `cfg.name` is neither a shipped nor an open_clip architecture.
+    """
+    register_configs()
+    known = open_clip.list_models()
+    if cfg.name not in known:
+        raise ValueError(f"model.name: {cfg.name!r} is not an open_clip architecture; add configs/models/{cfg.name}.json or choose one of {known[:8]}...")
+    model = open_clip.create_model(cfg.name, pretrained=None, device="cpu")
+    return model, open_clip.get_tokenizer(cfg.name)
+
+
+def image_size(model: open_clip.CLIP) -> int:
+    """The side length the vision tower expects."""
+    size = model.visual.image_size
+    return size[0] if isinstance(size, (tuple, list)) else int(size)
+
+
+def to_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 NHWC images -> normalised float NCHW at the model's resolution."""
+    x = torch.as_tensor(images).permute(0, 3, 1, 2).float().div_(255.0)
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+    return (x - MEAN) / STD
+
+
+def save_weights(model: torch.nn.Module, path: str | Path) -> None:
+    """Write a state dict atomically: temporary file, fsync, rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        torch.save(model.state_dict(), f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_weights(model: torch.nn.Module, path: str | Path) -> torch.nn.Module:
+    """Load a state dict written by `save_weights` (or an open_clip checkpoint's "state_dict")."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in state:
+        state = {k.removeprefix("module."): v for k, v in state["state_dict"].items()}
+    model.load_state_dict(state)
+    return model
+
+
+def state_sha256(state: dict[str, torch.Tensor]) -> str:
+    """A hash of a state dict's names, dtypes, shapes and bytes: equal iff the weights are bit-identical."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

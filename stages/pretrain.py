@@ -1,0 +1,57 @@
+"""Stage `pretrain`: contrastive pretraining of the base model on the captioned pool.
+
+When `model.pretrained` names a checkpoint file, its weights are loaded and written as the base model
+instead of training.
+"""
+
+import argparse
+import dataclasses
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipflux.config import MixtureConfig, load_params
+from clipflux.data.loader import index_items
+from clipflux.data.shards import ShardReader
+from clipflux.methods import build_method
+from clipflux.models import create_model, load_weights, save_weights, state_sha256
+from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.train import Loop, Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--shards", required=True, type=Path, help="shards folder (reads its pool dataset)")
+    parser.add_argument("--out", required=True, type=Path, help="base model weights")
+    parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
+    args = parser.parse_args()
+    params = load_params()
+    cfg = params.pretrain
+    configure_torch(cfg.threads)
+    torch.manual_seed(cfg.seed)  # the initial weights
+    model, tokenizer = create_model(params.model)
+    if params.model.pretrained:
+        save_weights(load_weights(model, params.model.pretrained), args.out)
+        print(f"pretrain: skipped, base model = {params.model.pretrained}")
+        return
+
+    pool = ShardReader(args.shards / "pool", "train")
+    steps = math.ceil(cfg.samples / cfg.optim.batch_size)
+    config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps}
+    loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every)
+
+    def work(run) -> dict:
+        run.info["environment"] = environment_info(cfg.threads)
+        trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
+                          np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config)
+        trainer.fit()
+        save_weights(model, args.out)
+        return {"weights_sha256": state_sha256(model.state_dict())}
+
+    run_tracked("pretrain", config, work)
+
+
+if __name__ == "__main__":
+    main()

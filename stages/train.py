@@ -1,0 +1,77 @@
+"""Stage `train`: adapt the base model over the tasks of a stream with one experiment's update method."""
+
+import argparse
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from clipflux.config import load_params
+from clipflux.data.loader import index_items
+from clipflux.data.shards import ShardReader
+from clipflux.methods import build_method
+from clipflux.models import create_model, load_weights, save_weights, state_sha256
+from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.train import Loop, Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--experiment", required=True, help="a key of params.yaml: experiments")
+    parser.add_argument("--shards", required=True, type=Path, help="shards folder")
+    parser.add_argument("--stream", required=True, type=Path, help="resolved stream (from build_stream)")
+    parser.add_argument("--base", required=True, type=Path, help="base model weights")
+    parser.add_argument("--out", required=True, type=Path, help="folder for the evaluated weights after each task")
+    parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
+    args = parser.parse_args()
+    params = load_params()
+    exp, cfg = params.experiments[args.experiment], params.train
+    method = build_method(exp.method, params.methods.get(exp.method))
+    configure_torch(cfg.threads)
+    stream = json.loads(args.stream.read_text())
+
+    # Data: one reader per adaptation dataset in the stream, plus the pretraining pool.
+    datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
+    readers = [ShardReader(args.shards / d, "train") for d in datasets]
+    tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
+                             for i, d in enumerate(datasets) if d in task["samples"]])
+             for task in stream["tasks"]]
+    pool = np.empty((0, 2), dtype=np.int64)
+    if exp.mixture.pretraining > 0:
+        readers.append(ShardReader(args.shards / "pool", "train"))
+        pool = index_items(len(readers) - 1, readers[-1])
+
+    steps = math.ceil(cfg.samples_per_task / cfg.optim.batch_size)
+    config = {
+        "experiment": args.experiment,
+        "method": exp.method,
+        "method_params": dataclasses.asdict(method.params),
+        "stream": exp.stream,
+        "mixture": dataclasses.asdict(exp.mixture),
+        "train": dataclasses.asdict(cfg),
+        "model": dataclasses.asdict(params.model),
+        "steps_per_task": steps,
+        "num_tasks": len(tasks),
+    }
+    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every)
+    model, tokenizer = create_model(params.model)
+    load_weights(model, args.base)
+    kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
+
+    def work(run) -> dict:
+        run.info["environment"] = environment_info(cfg.threads)
+        trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar, config)
+        trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
+        args.out.mkdir(parents=True, exist_ok=True)
+        for t in range(len(tasks)):
+            shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
+        return {"weights_sha256": state_sha256(model.state_dict())}
+
+    run_tracked("train", config, work)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Strict parameter loading: unknown, missing and invalid keys are named in the error."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import yaml
+
+from clipflux.config import ConfigError, load_params
+
+from conftest import REPO
+
+
+def _write(tmp_path, mutate) -> str:
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_shipped_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert params.world.image_size == 32
+    assert set(params.experiments) <= set(params.experiments)
+    for exp in params.experiments.values():
+        assert exp.stream in params.streams
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda p: p["train"].update(sampels_per_task=3), "train.sampels_per_task: unknown key"),
+        (lambda p: p["train"].pop("seed"), "train.seed: missing key"),
+        (lambda p: p["train"]["optim"].update(lr="fast"), "train.optim.lr: expected float, got 'fast'"),
+        (lambda p: p["train"]["optim"].update(batch_size=0), "train.optim.batch_size: must be > 0, got 0"),
+        (lambda p: p["world"].update(image_size=100), "world.image_size: 100 is not allowed; choose one of [32, 64, 224]"),
+        (lambda p: p["experiments"]["finetune"].update(method="magic"), "experiments.finetune.method: 'magic' is not allowed"),
+        (lambda p: p["experiments"]["finetune"].update(stream="nope"), "experiments.finetune.stream: 'nope' is not allowed"),
+        (lambda p: p["experiments"]["finetune"]["mixture"].update(update=0.5), "must sum to 1"),
+        (lambda p: p.update(extra={}), "extra: unknown key; allowed keys here are"),
+        (lambda p: p["methods"].update(finetune={"lr": 1}), "methods.finetune.lr: unknown key"),
+    ],
+)
+def test_bad_params_name_the_key(tmp_path, mutate, expected):
+    with pytest.raises(ConfigError) as err:
+        load_params(_write(tmp_path, mutate))
+    assert expected in str(err.value)
+
+
+def test_stage_stops_before_work_on_bad_params(tmp_path):
+    """A stage script with a bad parameter exits non-zero, names the key, and writes nothing."""
+    import subprocess
+    import sys
+
+    shutil.copy(_write(tmp_path, lambda p: p["world"].update(scale=-1)), tmp_path / "params.yaml")
+    out = tmp_path / "raw"
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "--out", str(out)],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert "world.scale: must be > 0, got -1" in proc.stderr
+    assert not out.exists()
