@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import yaml
 
@@ -54,7 +52,7 @@ def test_stage_stops_before_work_on_bad_params(tmp_path):
     import subprocess
     import sys
 
-    shutil.copy(_write(tmp_path, lambda p: p["world"].update(scale=-1)), tmp_path / "params.yaml")
+    _write(tmp_path, lambda p: p["world"].update(scale=-1))  # writes tmp_path/params.yaml
     out = tmp_path / "raw"
     proc = subprocess.run([sys.executable, str(REPO / "stages" / "download.py"), "--out", str(out)],
                           cwd=tmp_path, capture_output=True, text=True)

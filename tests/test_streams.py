@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from hypothesis import given
@@ -44,7 +45,7 @@ def test_resolve_gives_each_task_its_classes_samples():
     ("d-x", "must read 'dataset+++classname'"),
 ])
 def test_resolve_names_what_is_wrong(entry, message):
-    with pytest.raises(StreamError, match=message):
+    with pytest.raises(StreamError, match=re.escape(message)):
         resolve([entry], 1, {"d": {"x": ["k"]}})
 
 

@@ -137,11 +137,10 @@ def render_objects(
 TEXTURES = ["stripes", "checkerboard", "polka dots", "zigzag", "grid", "speckles", "waves", "diagonal stripes"]
 
 
-def render_texture(size: int, texture: str, rng: np.random.Generator) -> np.ndarray:
-    """Render a two-colour texture filling the whole image, with random colours, scale and phase."""
+def render_texture(size: int, texture: str, fg: tuple[int, int, int], bg: tuple[int, int, int],
+                   rng: np.random.Generator) -> np.ndarray:
+    """Render a two-colour texture filling the whole image, with random scale and phase."""
     x, y = _grid(size)
-    names = list(COLORS)
-    fg, bg = rng.choice(len(names), size=2, replace=False)
     period = rng.uniform(0.14, 0.24)
     px, py = rng.uniform(0, 1, size=2)
     u, v = (x + px) / period, (y + py) / period
@@ -157,17 +156,17 @@ def render_texture(size: int, texture: str, rng: np.random.Generator) -> np.ndar
     }
     mask = patterns[texture]()
     canvas = np.empty(x.shape + (3,), dtype=np.float32)
-    canvas[:] = COLORS[names[bg]]
-    canvas[mask] = COLORS[names[fg]]
+    canvas[:] = bg
+    canvas[mask] = fg
     canvas += rng.normal(0.0, 6.0, size=canvas.shape).astype(np.float32)
     return _downsample(canvas)
 
 
-def render_glyph(size: int, pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Render an 8x8 grey glyph (scikit-learn's digits, values 0..16) in a random colour and position."""
-    names = list(COLORS)
-    fg = np.asarray(COLORS[names[rng.integers(len(names))]], dtype=np.float32)
-    bg = np.asarray(list(BACKGROUNDS.values())[rng.integers(len(BACKGROUNDS))], dtype=np.float32)
+def render_glyph(size: int, pixels: np.ndarray, fg: tuple[int, int, int], bg: tuple[int, int, int],
+                 rng: np.random.Generator) -> np.ndarray:
+    """Render an 8x8 grey glyph (scikit-learn's digits, values 0..16) at a random scale and position."""
+    fg = np.asarray(fg, dtype=np.float32)
+    bg = np.asarray(bg, dtype=np.float32)
     cell = max(1, int(round(size * rng.uniform(0.55, 0.8) / 8)))
     glyph = np.kron(pixels.astype(np.float32) / 16.0, np.ones((cell, cell), dtype=np.float32))
     side = glyph.shape[0]

@@ -27,7 +27,7 @@ SPLIT_IDS = {"train": 0, "test": 1}
 
 KNOWN_SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar"]
 NOVEL_SHAPES = ["hexagon", "heart", "crescent", "arrow", "hourglass", "semicircle", "chevron", "saltire"]
-DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+DIGIT_NAMES = [str(d) for d in range(10)]  # numerals: the pool counts in words ("two"), never in digits
 
 # A sample: (image, caption, class index or -1, extra metadata).
 Sample = tuple[np.ndarray, str, int, dict]
@@ -131,41 +131,65 @@ def _pool_sample(size: int, label: int, split: str, rng: np.random.Generator) ->
 # Classification datasets
 
 
-def _single_object(size: int, shape: str, colour: str, rng: np.random.Generator) -> np.ndarray:
-    bg = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
+def _pick(rng: np.random.Generator, names, exclude: str | None = None) -> str:
+    names = [n for n in names if n != exclude]
+    return names[rng.integers(len(names))]
+
+
+def _single_object(size: int, shape: str, colour: str, rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """One object at a random place and size; returns the image and the words that describe it."""
+    bg = _pick(rng, BACKGROUNDS)
     cx, cy = rng.uniform(0.3, 0.7, size=2)
     radius = rng.uniform(0.17, 0.28)
-    return render.render_objects(size, [(shape, colour, cx, cy, radius)], BACKGROUNDS[bg], rng)
+    image = render.render_objects(size, [(shape, colour, cx, cy, radius)], BACKGROUNDS[bg], rng)
+    offsets = {"left": 0.5 - cx, "right": cx - 0.5, "top": 0.5 - cy, "bottom": cy - 0.5}
+    side = max(offsets, key=offsets.get)
+    where = _position_phrase(side if offsets[side] > 0.08 else "center")
+    return image, {"colour": colour, "bg": bg, "size": "large" if radius > 0.225 else "small", "where": where}
 
 
-def _caption(templates: tuple[str, ...], classname: str, rng: np.random.Generator) -> str:
-    return templates[rng.integers(len(templates))].format(classname)
+def _caption(templates: tuple[str, ...], rng: np.random.Generator, **words: str) -> str:
+    """A training caption: a random template filled with the class name (`cls`) and what the image shows."""
+    return templates[rng.integers(len(templates))].format(**words)
 
 
-def _shape_maker(shapes: list[str], templates: tuple[str, ...]) -> Maker:
+_OBJECT_CAPTIONS = (
+    "a photo of a {colour} {cls}",
+    "a {size} {colour} {cls} {where}",
+    "a {cls} on a {bg} background",
+    "a {colour} {cls}",
+    "a {cls}, {colour}, {where}",
+    "a picture of a {size} {cls} on {bg}",
+)
+
+
+def _shape_maker(shapes: list[str], captions: tuple[str, ...]) -> Maker:
     def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
-        colour = list(COLORS)[rng.integers(len(COLORS))]
-        image = _single_object(size, shapes[label], colour, rng)
-        return image, _caption(templates, shapes[label], rng), label, {"colour": colour}
+        image, words = _single_object(size, shapes[label], _pick(rng, COLORS), rng)
+        return image, _caption(captions, rng, cls=shapes[label], **words), label, words
 
     return make
 
 
-def _colour_maker(templates: tuple[str, ...]) -> Maker:
+def _colour_maker(captions: tuple[str, ...]) -> Maker:
     colours = list(COLORS)
 
     def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
-        shape = KNOWN_SHAPES[rng.integers(len(KNOWN_SHAPES))]
-        image = _single_object(size, shape, colours[label], rng)
-        return image, _caption(templates, colours[label], rng), label, {"shape": shape}
+        shape = _pick(rng, KNOWN_SHAPES)
+        image, words = _single_object(size, shape, colours[label], rng)
+        return image, _caption(captions, rng, cls=colours[label], shape=shape, **words), label, dict(words, shape=shape)
 
     return make
 
 
-def _texture_maker(templates: tuple[str, ...]) -> Maker:
+def _texture_maker(captions: tuple[str, ...]) -> Maker:
     def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
         texture = render.TEXTURES[label]
-        return render.render_texture(size, texture, rng), _caption(templates, texture, rng), label, {}
+        fg = _pick(rng, COLORS)
+        bg = _pick(rng, COLORS, exclude=fg)
+        image = render.render_texture(size, texture, COLORS[fg], COLORS[bg], rng)
+        words = {"fg": fg, "bg": bg}
+        return image, _caption(captions, rng, cls=texture, **words), label, words
 
     return make
 
@@ -178,15 +202,18 @@ def _digits_by_class() -> list[np.ndarray]:
     return [digits.images[digits.target == c] for c in range(10)]
 
 
-def _digit_maker(templates: tuple[str, ...]) -> Maker:
+def _digit_maker(captions: tuple[str, ...]) -> Maker:
     def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
         pool = _digits_by_class()[label]
         # Train and test draw from disjoint halves of scikit-learn's digits, so no test glyph leaks.
         half = len(pool) // 2
         lo, hi = (0, half) if split == "train" else (half, len(pool))
         glyph_index = int(rng.integers(lo, hi))
-        image = render.render_glyph(size, pool[glyph_index], rng)
-        return image, _caption(templates, DIGIT_NAMES[label], rng), label, {"glyph": glyph_index}
+        fg, bg = _pick(rng, COLORS), _pick(rng, BACKGROUNDS)
+        image = render.render_glyph(size, pool[glyph_index], COLORS[fg], BACKGROUNDS[bg], rng)
+        words = {"fg": fg, "bg": bg}
+        caption = _caption(captions, rng, cls=DIGIT_NAMES[label], **words)
+        return image, caption, label, dict(words, glyph=glyph_index)
 
     return make
 
@@ -205,27 +232,30 @@ def build_world() -> dict[str, DatasetSpec]:
         DatasetSpec(
             "shapes", "evaluation", "classification", tuple(KNOWN_SHAPES), _OBJECT_PROMPTS,
             "held-out renders of pretraining concepts (the ImageNet of this world)",
-            _shape_maker(KNOWN_SHAPES, _OBJECT_PROMPTS),
+            _shape_maker(KNOWN_SHAPES, _OBJECT_CAPTIONS),
         ),
         DatasetSpec(
             "colours", "evaluation", "classification", tuple(COLORS),
             ("a photo of something {}.", "a {} object.", "a {} shape."),
-            "colour recognition on pretraining shapes", _colour_maker(("a {} object.",)),
+            "colour recognition on pretraining shapes",
+            _colour_maker(("a {cls} {shape}", "a {cls} object {where}")),
         ),
         DatasetSpec(
             "novel_shapes", "adaptation", "classification", tuple(NOVEL_SHAPES), _OBJECT_PROMPTS,
-            "concepts the pretraining pool never shows", _shape_maker(NOVEL_SHAPES, _OBJECT_PROMPTS),
+            "concepts the pretraining pool never shows", _shape_maker(NOVEL_SHAPES, _OBJECT_CAPTIONS),
         ),
         DatasetSpec(
             "textures", "adaptation", "classification", tuple(render.TEXTURES),
             ("a photo of a {} pattern.", "a {} texture.", "{}."),
             "textures (like DTD): full-image patterns never seen in pretraining",
-            _texture_maker(("a photo of a {} pattern.", "a {} texture.")),
+            _texture_maker(("a photo of a {fg} and {bg} {cls} pattern", "a {cls} texture in {fg} on {bg}",
+                            "{fg} {cls} on {bg}", "a {cls} pattern")),
         ),
         DatasetSpec(
             "digits", "adaptation", "classification", tuple(DIGIT_NAMES), digit_templates,
             "scikit-learn's handwritten digits (like MNIST): glyphs never seen in pretraining",
-            _digit_maker(digit_templates),
+            _digit_maker(("a handwritten {cls} in {fg}", "the digit {cls}, {fg} on {bg}",
+                          "a photo of the number {cls}", "a {fg} {cls} on a {bg} background")),
         ),
     ]
     return {s.name: s for s in specs}

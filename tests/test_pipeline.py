@@ -1,0 +1,88 @@
+"""End to end: the DVC pipeline on tiny settings, in a temporary clone of this repository."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+
+BIN = Path(sys.executable).parent
+TINY = {
+    "world": {"scale": 0.1, "shard_size": 256},
+    "pretrain": {"samples": 1024, "checkpoint_every": 8, "optim": {"batch_size": 64}},
+    "train": {"samples_per_task": 128, "checkpoint_every": 2, "optim": {"batch_size": 32}},
+    "streams": {"fif_random": {"num_tasks": 2}},
+}
+
+
+def _merge(base: dict, update: dict) -> dict:
+    for key, value in update.items():
+        base[key] = _merge(base[key], value) if isinstance(value, dict) else value
+    return base
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", TQDM_DISABLE="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def clone(tmp_path_factory) -> Path:
+    """The repository's files (tracked and new, as git sees them) committed into a fresh git repository."""
+    root = tmp_path_factory.mktemp("clone")
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "clone"]):
+        _run(cmd, root)
+    return root
+
+
+@pytest.mark.e2e
+def test_dvc_repro_end_to_end(clone):
+    out = _run(["dvc", "repro"], clone)
+    for stage in ("download", "preprocess", "build_stream@fif_random", "pretrain", "train@finetune",
+                  "evaluate@finetune", "report"):
+        assert f"Running stage '{stage}'" in out
+
+    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
+    assert set(metrics) == {"task_00", "task_01", "task_02", "final"}
+    for row in metrics.values():
+        assert 0 <= row["A_KA"] <= 100 and 0 <= row["A_ZS"] <= 100
+    assert (clone / "reports/trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = (clone / "reports/summary.md").read_text()
+    assert "| finetune | finetune | 2 |" in summary
+    assert len(list((clone / "runs").glob("*/[0-9]*/metrics.json"))) == 3  # pretrain, train, evaluate
+
+    # Nothing to do the second time.
+    again = _run(["dvc", "repro"], clone)
+    assert "Running stage" not in again
+
+    # One parameter changed: only the stages that read it run again.
+    params = yaml.safe_load((clone / "params.yaml").read_text())
+    params["evaluate"]["batch_size"] = 100
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = _run(["dvc", "repro"], clone)
+    assert "Running stage 'evaluate@finetune'" in changed
+    for stage in ("download", "preprocess", "pretrain", "train@finetune"):
+        assert f"Running stage '{stage}'" not in changed
+
+    dag = _run(["dvc", "dag", "--dot"], clone)
+    for stage in ("download", "preprocess", "build_stream", "pretrain", "train", "evaluate", "report"):
+        assert stage in dag
