@@ -27,12 +27,13 @@ def split_batch(batch_size: int, mixture: MixtureConfig, buffer_size: int, pool_
     return {"update": batch_size - n_buffer - n_pretraining, "buffer": n_buffer, "pretraining": n_pretraining}
 
 
-def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source: int) -> np.ndarray:
+def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source: int, purpose: int = 0) -> np.ndarray:
     """The `count` items a source contributes at `step`: consecutive positions of its seeded passes.
 
     Position p of the task's sequence is item `perm_e[p % N]` of pass `e = p // N`, where `perm_e` is a
-    permutation drawn from a generator derived from (seed, task, source, e). Cycling through passes is
-    how FiF gives each task exactly its number of samples whatever the task's size.
+    permutation drawn from a generator derived from (seed, task, source, e) — and `purpose` when it is
+    not 0 (training), so a method's extra draws never coincide with training's. Cycling through passes
+    is how FiF gives each task exactly its number of samples whatever the task's size.
     """
     n = len(items)
     if count == 0 or n == 0:
@@ -40,7 +41,8 @@ def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source:
     positions = np.arange(step * count, (step + 1) * count)
     out = np.empty((count,) + items.shape[1:], dtype=items.dtype)
     for epoch in np.unique(positions // n):
-        perm = np.random.default_rng([seed, task, source, int(epoch)]).permutation(n)
+        key = [seed, task, source, int(epoch)] + ([purpose] if purpose else [])
+        perm = np.random.default_rng(key).permutation(n)
         mask = positions // n == epoch
         out[mask] = items[perm[positions[mask] % n]]
     return out

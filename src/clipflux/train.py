@@ -18,7 +18,7 @@ from clipflux import checkpoint
 from clipflux.config import MixtureConfig, OptimConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
-from clipflux.methods import Method
+from clipflux.methods import Method, TaskContext
 from clipflux.models import image_size
 from clipflux.replay import Buffer, split_batch
 
@@ -115,25 +115,37 @@ class Trainer:
             state = None
         start_task, start_step = self._restore(state) if state else (0, 0)
         for task in range(start_task, len(self.tasks)):
+            context = self._context(task)
             if start_step == 0:
-                self.method.begin_task(task)
+                self.method.begin_task(context)
                 self._new_optimizer()
             self._train_task(task, start_step)
-            self.method.end_task(task)
+            self.method.end_task(context)
             self.buffer.add_task(self.tasks[task])
             if on_task_end:
                 on_task_end(task, self.method.eval_model())
             checkpoint.save(self.ckpt_dir, task + 1, 0, self._state(task + 1, 0))
             start_step = 0
 
-    def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
+    def _batches(self, task: int, steps: int, purpose: int = 0) -> StepBatches:
         buffer_items = self.buffer.items()
         counts = split_batch(self.loop.optim.batch_size, self.loop.mixture, len(buffer_items), len(self.pool))
         sources = {"update": self.tasks[task], "buffer": buffer_items, "pretraining": self.pool}
-        batches = StepBatches(self.readers, sources, counts, self.loop.seed, task, self.loop.steps_per_task,
-                              self.tokenizer, image_size(self.model))
+        return StepBatches(self.readers, sources, counts, self.loop.seed, task, steps, self.tokenizer,
+                           image_size(self.model), purpose)
+
+    def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
+        batches = self._batches(task, self.loop.steps_per_task)
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, len(batches)),
                                            num_workers=self.loop.workers)
+
+    def _context(self, task: int) -> TaskContext:
+        # Methods' own draws (Fisher estimation, ...) use a random stream disjoint from training's.
+        def batches(n: int):
+            extra = self._batches(task, n, purpose=1)
+            return (extra[step] for step in range(n))
+
+        return TaskContext(task, len(self.tasks), self.loop.steps_per_task, batches)
 
     def _train_task(self, task: int, start_step: int) -> None:
         steps = self.loop.steps_per_task

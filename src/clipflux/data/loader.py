@@ -22,22 +22,23 @@ class StepBatches(torch.utils.data.Dataset):
         sources: items per source name ("update", "buffer", "pretraining"), each (N, 2) (dataset id, index).
         counts: samples per batch from each source (see `replay.split_batch`).
         seed, task: what the sampling is derived from.
+        purpose: 0 for training; another number for a method's own draws (a disjoint random stream).
         tokenizer: turns captions into token ids.
         image_size: the model's input resolution.
     """
 
     def __init__(self, readers: list[ShardReader], sources: dict[str, np.ndarray], counts: dict[str, int],
-                 seed: int, task: int, steps: int, tokenizer, image_size: int):
+                 seed: int, task: int, steps: int, tokenizer, image_size: int, purpose: int = 0):
         self.readers, self.sources, self.counts = readers, sources, counts
         self.seed, self.task, self.steps = seed, task, steps
-        self.tokenizer, self.image_size = tokenizer, image_size
+        self.tokenizer, self.image_size, self.purpose = tokenizer, image_size, purpose
 
     def __len__(self) -> int:
         return self.steps
 
     def items(self, step: int) -> np.ndarray:
         """The (dataset id, index) pairs of the batch of `step`, update data first."""
-        parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i)
+        parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i, self.purpose)
                  for i, name in enumerate(SOURCES)]
         return np.concatenate(parts)
 

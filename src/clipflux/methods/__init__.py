@@ -1,9 +1,9 @@
 """Update methods, registered by name. Each method lives in its own module, imported here explicitly."""
 
 from clipflux.methods import finetune  # noqa: F401  (registers "finetune")
-from clipflux.methods.base import REGISTRY, Method, method_params, register
+from clipflux.methods.base import REGISTRY, Method, TaskContext, method_params, register
 
-__all__ = ["REGISTRY", "Method", "build_method", "method_params", "register"]
+__all__ = ["REGISTRY", "Method", "TaskContext", "build_method", "method_params", "register"]
 
 
 def build_method(name: str, raw_params: dict | None) -> Method:

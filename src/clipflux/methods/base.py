@@ -7,7 +7,7 @@ method only says which parameters train, what the loss is, and what happens at t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Iterable
 
 import open_clip
 import torch
@@ -15,6 +15,24 @@ import torch
 from clipflux.config import from_dict
 
 REGISTRY: dict[str, type["Method"]] = {}
+
+
+@dataclass(frozen=True)
+class TaskContext:
+    """What a method may know about the task at a boundary.
+
+    Attributes:
+        index: the task's position in the stream (0-based).
+        num_tasks: the stream's length in tasks.
+        steps: optimizer steps this task trains for.
+        batches: `batches(n)` yields n batches of this task's data (same format as training batches,
+            drawn from a generator separate from training's, so using it never changes training).
+    """
+
+    index: int
+    num_tasks: int
+    steps: int
+    batches: Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
 
 def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -68,8 +86,8 @@ class Method:
         """The parameters the optimizer updates."""
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def begin_task(self, task: int) -> None:
-        """Called before the first step of `task`."""
+    def begin_task(self, task: "TaskContext") -> None:
+        """Called before the first step of a task (not again when a run resumes in the middle of it)."""
 
     def loss(self, batch: dict[str, torch.Tensor], out: tuple) -> torch.Tensor:
         """The training loss of one batch, given the model's output on it."""
@@ -78,8 +96,8 @@ class Method:
     def after_step(self) -> None:
         """Called after every optimizer step."""
 
-    def end_task(self, task: int) -> None:
-        """Called after the last step of `task`."""
+    def end_task(self, task: "TaskContext") -> None:
+        """Called after the last step of a task."""
 
     def eval_model(self) -> torch.nn.Module:
         """The weights to evaluate (merged, EMA, ...); by default the trained model itself."""
