@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--shards", required=True, type=Path, help="shards folder (reads its pool dataset)")
     parser.add_argument("--out", required=True, type=Path, help="base model weights")
     parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
+    parser.add_argument("--start-over", action="store_true", default=start_over_requested(),
+                        help="discard checkpoints instead of resuming (also: CLIPFLUX_START_OVER=1)")
     args = parser.parse_args()
     params = load_params()
     cfg = params.pretrain
@@ -40,12 +43,17 @@ def main() -> None:
     pool = ShardReader(args.shards / "pool", "train")
     steps = math.ceil(cfg.samples / cfg.optim.batch_size)
     config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps}
-    loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every)
+    loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every,
+                cfg.keep_checkpoints, cfg.workers)
+    if args.start_over:
+        clear(args.checkpoints)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
-                          np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config)
+                          np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config,
+                          run_id=run._id, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+        run.info["resumed_from"] = trainer.resume()
         trainer.fit()
         save_weights(model, args.out)
         return {"weights_sha256": state_sha256(model.state_dict())}

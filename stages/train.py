@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
@@ -26,6 +27,8 @@ def main() -> None:
     parser.add_argument("--base", required=True, type=Path, help="base model weights")
     parser.add_argument("--out", required=True, type=Path, help="folder for the evaluated weights after each task")
     parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
+    parser.add_argument("--start-over", action="store_true", default=start_over_requested(),
+                        help="discard checkpoints instead of resuming (also: CLIPFLUX_START_OVER=1)")
     args = parser.parse_args()
     params = load_params()
     exp, cfg = params.experiments[args.experiment], params.train
@@ -56,14 +59,18 @@ def main() -> None:
         "steps_per_task": steps,
         "num_tasks": len(tasks),
     }
-    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every)
+    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers)
     model, tokenizer = create_model(params.model)
     load_weights(model, args.base)
     kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
+    if args.start_over:
+        clear(args.checkpoints)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
-        trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar, config)
+        trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar,
+                          config, run_id=run._id, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+        run.info["resumed_from"] = trainer.resume()
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         args.out.mkdir(parents=True, exist_ok=True)
         for t in range(len(tasks)):

@@ -11,10 +11,13 @@ import hashlib
 import io
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from clipflux import faults
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +29,10 @@ class CheckpointError(RuntimeError):
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
-        f.write(data)
+        half = len(data) // 2
+        f.write(data[:half])
+        faults.reached("checkpoint-write")
+        f.write(data[half:])
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
@@ -66,10 +72,18 @@ def load_latest(directory: str | Path) -> dict[str, Any] | None:
     return None
 
 
+START_OVER_ENV = "CLIPFLUX_START_OVER"
+
+
+def start_over_requested() -> bool:
+    """Whether the user asked to discard checkpoints instead of resuming (`CLIPFLUX_START_OVER=1`)."""
+    return os.environ.get(START_OVER_ENV, "") not in ("", "0")
+
+
 def clear(directory: str | Path) -> None:
-    """Remove every checkpoint in `directory` (starting over)."""
-    for path in Path(directory).glob("ckpt-*"):
-        path.unlink()
+    """Remove a checkpoint folder and everything in it (starting over)."""
+    if Path(directory).exists():
+        shutil.rmtree(directory)
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -76,11 +76,14 @@ class PretrainConfig:
     seed: int
     samples: int
     threads: int
+    workers: int
     checkpoint_every: int
+    keep_checkpoints: int
     optim: OptimConfig
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "samples", "threads", "checkpoint_every")
+        _positive(self, path, "samples", "threads", "checkpoint_every", "keep_checkpoints")
+        _non_negative(self, path, "workers")
 
 
 @dataclass(frozen=True)
@@ -107,11 +110,14 @@ class TrainConfig:
     seed: int
     samples_per_task: int
     threads: int
+    workers: int
     checkpoint_every: int
+    keep_checkpoints: int
     optim: OptimConfig
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "samples_per_task", "threads", "checkpoint_every")
+        _positive(self, path, "samples_per_task", "threads", "checkpoint_every", "keep_checkpoints")
+        _non_negative(self, path, "workers")
 
 
 @dataclass(frozen=True)
@@ -138,13 +144,21 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """Zero-shot evaluation after every task."""
+    """Zero-shot evaluation before the stream and after every task (FiF's protocol)."""
 
     batch_size: int
     threads: int
+    seed: int  # draws the evaluation subsets and the validation split
+    subset: float  # FiF's validate_on_subset: share of each dataset evaluated during the stream (1 = all)
+    validation: bool  # FiF's validation_mode: evaluate on held-out training data, never on test data
+    split: float  # FiF's train_val_split: share of each class's training data kept for training
 
     def validate(self, path: str) -> None:
         _positive(self, path, "batch_size", "threads")
+        if not 0 < self.subset <= 1:
+            raise ConfigError(f"{path}.subset: must be in (0, 1] (1 = full evaluation after every task), got {self.subset!r}")
+        if not 0 < self.split < 1:
+            raise ConfigError(f"{path}.split: must be in (0, 1) (the training share of each class), got {self.split!r}")
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ Pretraining is the same loop with one task whose update data is the captioned po
 from __future__ import annotations
 
 import math
+import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -14,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from clipflux import checkpoint
+from clipflux import checkpoint, faults
 from clipflux.config import MixtureConfig, OptimConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
@@ -34,6 +35,7 @@ class Loop:
     optim: OptimConfig
     mixture: MixtureConfig
     checkpoint_every: int
+    keep_checkpoints: int = 2
     workers: int = 0
 
 
@@ -58,14 +60,24 @@ class Trainer:
         loop: the loop settings.
         ckpt_dir: where full-state checkpoints go.
         log_scalar: metric sink, e.g. a Sacred run's `log_scalar`.
+        fingerprint: the parameters that fix the run; a checkpoint written with others is refused.
+        run_id: the tracking run's id, stored in checkpoints so a resumed run can name the run it continues.
+        flush: makes every metric logged so far durable in the tracking store; called before each
+            checkpoint, so a run killed later has lost no metric older than its newest checkpoint.
+
+    Attributes:
+        resumed_from: after `fit` resumed, {"run_id", "task", "step"} of the checkpoint it continued from.
     """
 
     def __init__(self, model: torch.nn.Module, method: Method, tokenizer: Any, readers: list[ShardReader],
                  tasks: list[np.ndarray], pool: np.ndarray, loop: Loop, ckpt_dir: str | Path,
-                 log_scalar: LogScalar, fingerprint: dict[str, Any]):
+                 log_scalar: LogScalar, fingerprint: dict[str, Any], run_id: Any = None,
+                 flush: Callable[[], None] | None = None):
         self.model, self.method, self.tokenizer = model, method, tokenizer
         self.readers, self.tasks, self.pool, self.loop = readers, tasks, pool, loop
         self.ckpt_dir, self.log_scalar, self.fingerprint = Path(ckpt_dir), log_scalar, fingerprint
+        self.run_id, self.flush = run_id, flush
+        self.resumed_from: dict[str, Any] | None = None
         self.buffer = Buffer()
         self.method.setup(model)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -73,24 +85,36 @@ class Trainer:
     # -- state ---------------------------------------------------------------------------------------
 
     def _state(self, task: int, step: int) -> dict[str, Any]:
+        # The learning rate is a pure function of the step (`lr_at`) and batches a pure function of
+        # (seed, task, step), so (task, step) is the whole scheduler and data-loader position. There is no
+        # grad scaler on the CPU/bf16 path. RNG states are kept for methods that draw from global generators.
         return {
             "task": task,
             "step": step,
+            "run_id": self.run_id,
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict() if self.optimizer else None,
             "method": self.method.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
         }
+
+    def _save(self, task: int, step: int) -> None:
+        if self.flush:
+            self.flush()
+        checkpoint.save(self.ckpt_dir, task, step, self._state(task, step), keep=self.loop.keep_checkpoints)
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
         checkpoint.check_fingerprint(state["fingerprint"], self.fingerprint)
         self.model.load_state_dict(state["model"])
         self.method.load_state_dict(state["method"])
         self.buffer.load_state_dict(state["buffer"])
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["rng"]["torch"])
+        np.random.set_state(state["rng"]["numpy"])
+        random.setstate(state["rng"]["python"])
         task, step = state["task"], state["step"]
+        self.resumed_from = {"run_id": state["run_id"], "task": task, "step": step}
         if step > 0:  # mid-task: the optimizer of this task exists already
             self._new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
@@ -106,14 +130,25 @@ class Trainer:
 
     # -- loop ----------------------------------------------------------------------------------------
 
-    def fit(self, on_task_end: Callable[[int, torch.nn.Module], None] | None = None) -> None:
-        """Run every remaining task, from the newest valid checkpoint if there is one."""
+    def resume(self) -> dict[str, Any] | None:
+        """Load the newest valid checkpoint, if any; returns where it resumes from (also `resumed_from`).
+
+        Raises:
+            CheckpointError: the checkpoint of an unfinished run was written with other parameters.
+        """
         state = checkpoint.load_latest(self.ckpt_dir)
         if state and state["task"] >= len(self.tasks) and state["fingerprint"] != self.fingerprint:
             # A finished run with other parameters is history, not something to resume: start over.
             checkpoint.clear(self.ckpt_dir)
             state = None
-        start_task, start_step = self._restore(state) if state else (0, 0)
+        self._position = self._restore(state) if state else (0, 0)
+        return self.resumed_from
+
+    def fit(self, on_task_end: Callable[[int, torch.nn.Module], None] | None = None) -> None:
+        """Run every remaining task, from the newest valid checkpoint if there is one."""
+        if not hasattr(self, "_position"):
+            self.resume()
+        start_task, start_step = self._position
         for task in range(start_task, len(self.tasks)):
             context = self._context(task)
             if start_step == 0:
@@ -124,7 +159,8 @@ class Trainer:
             self.buffer.add_task(self.tasks[task])
             if on_task_end:
                 on_task_end(task, self.method.eval_model())
-            checkpoint.save(self.ckpt_dir, task + 1, 0, self._state(task + 1, 0))
+            faults.reached("task-end")
+            self._save(task + 1, 0)
             start_step = 0
 
     def _batches(self, task: int, steps: int, purpose: int = 0) -> StepBatches:
@@ -173,5 +209,6 @@ class Trainer:
             self.log_scalar("train/loss", loss.item(), global_step)
             self.log_scalar("train/lr", lr, global_step)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            faults.reached("step")
             if (step + 1) % self.loop.checkpoint_every == 0 and step + 1 < steps:
-                checkpoint.save(self.ckpt_dir, task, step + 1, self._state(task, step + 1))
+                self._save(task, step + 1)
