@@ -1,6 +1,8 @@
-"""Stage `evaluate`: zero-shot accuracy on every dataset before the stream and after every task.
+"""Stage `evaluate`: every evaluation dataset before the stream and after every task (FiF's protocol).
 
-Writes the evaluation matrix (`eval.json`) and A_KA / A_ZS / GM per task (`metrics.json`, DVC metrics).
+Full sets for the base model and after the last task, class-balanced subsets (`evaluate.subset`) after the
+tasks in between; in validation mode held-out training samples instead of test data. Writes the evaluation
+matrix (`eval.json`) and A_KA / A_ZS / GM per task, forgetting and TiC transfer (`metrics.json`, DVC metrics).
 """
 
 import argparse
@@ -8,14 +10,12 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tqdm import tqdm
-
 from clipflux.config import load_params
 from clipflux.data.pipeline import load_datasets
-from clipflux.data.shards import ShardReader
-from clipflux.evaluate import zero_shot_accuracy
-from clipflux.metrics import fif_scores
-from clipflux.models import create_model, load_weights
+from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
+from clipflux.matrix import dataset_info, summarize
+from clipflux.models import create_model
+from clipflux.subsets import evaluation_plan
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 
 
@@ -30,32 +30,36 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     configure_torch(cfg.threads)
-    manifests = {n: m for n, m in load_datasets(args.shards).items()
-                 if m["task"] == "classification" and "test" in m["splits"]}
-    readers = {n: ShardReader(args.shards / n, "test") for n in manifests}
-    roles = {n: m["role"] for n, m in manifests.items()}
+    sets, skipped = evaluation_sets(args.shards, load_datasets(args.shards), cfg.seed, cfg.subset, cfg.validation, cfg.split)
+    for name, why in skipped.items():
+        print(f"evaluate: {name} left out: {why}")
+    datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
     states = [args.base] + sorted(args.models.glob("task_*.pt"))
+    plan = evaluation_plan(len(states), cfg.subset)
     model, tokenizer = create_model(params.model)
-    config = {"experiment": args.experiment, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model)}
+    evaluator = Evaluator(model, tokenizer, cfg.batch_size)
+    method = params.experiments[args.experiment].method
+    config = {"experiment": args.experiment, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model),
+              "datasets": datasets, "skipped": skipped}
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         rows = []
-        for task, path in enumerate(tqdm(states, desc=f"evaluate {args.experiment}", unit="model")):
-            load_weights(model, path)
-            scores = {n: zero_shot_accuracy(model, tokenizer, readers[n], manifests[n], cfg.batch_size) for n in manifests}
-            summary = fif_scores(scores, roles)
-            rows.append({"after_task": task, "scores": scores, **summary})
-            for name, value in scores.items():
-                run.log_scalar(f"eval/{name}/acc", value, task)
-            for name, value in summary.items():
-                run.log_scalar(f"eval/{name}", value, task)
-        metrics = {f"task_{r['after_task']:02d}": {k: round(r[k], 4) for k in ("A_KA", "A_ZS", "GM")} for r in rows}
-        metrics["final"] = metrics[f"task_{len(rows) - 1:02d}"]
+        for task, (path, full) in enumerate(zip(states, plan)):
+            evaluator.load(path)
+            what = "base model" if task == 0 else f"after task {task}/{len(states) - 1}"
+            row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment}: {what}"
+                                                         + ("" if full else " (subsets)"))}
+            rows.append(row)
+            for name, values in row["metrics"].items():
+                for metric, value in values.items():
+                    run.log_scalar(f"eval/{name}/{metric}", value, task)
+            for key in ("A_KA", "A_ZS", "GM"):
+                if key in row:
+                    run.log_scalar(f"eval/{key}", row[key], task)
+        settings = {"validation": cfg.validation, "subset": cfg.subset, "seed": cfg.seed, "skipped": skipped}
+        evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings)
         args.out.mkdir(parents=True, exist_ok=True)
-        chance = {n: 100.0 / len(m["classes"]) for n, m in manifests.items()}
-        evaluation = {"experiment": args.experiment, "method": params.experiments[args.experiment].method,
-                      "roles": roles, "chance": chance, "rows": rows}
         (args.out / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
         return metrics["final"]

@@ -1,11 +1,12 @@
-"""Stage `report`: the KA/ZS trajectory plot, its data for DVC plots, and a markdown summary of all experiments."""
+"""Stage `report`: compare all experiments: trajectory plot, final-GM bar chart, a heatmap of each evaluation
+matrix, their data for DVC plots, and a markdown summary."""
 
 import argparse
 import json
 from pathlib import Path
 
 from clipflux.config import load_params
-from clipflux.report import markdown_summary, plot_trajectories, trajectory_rows
+from clipflux.report import final_rows, markdown_summary, plot_final_gm, plot_heatmap, plot_trajectories, trajectory_rows
 
 
 def main() -> None:
@@ -15,10 +16,19 @@ def main() -> None:
     args = parser.parse_args()
     names = list(load_params().experiments)
     evaluations = [json.loads((args.experiments / n / "eval.json").read_text()) for n in names]
-    args.out.mkdir(parents=True, exist_ok=True)
+    heatmaps = args.out / "heatmaps"
+    heatmaps.mkdir(parents=True, exist_ok=True)
+    for stale in heatmaps.glob("*.png"):  # experiments removed from params.yaml
+        stale.unlink()
+
     plot_trajectories(evaluations, args.out / "trajectory.png")
+    plot_final_gm(evaluations, args.out / "gm.png")
+    for e in evaluations:
+        plot_heatmap(e, heatmaps / f"{e['experiment']}.png")
     (args.out / "trajectory.json").write_text(json.dumps(trajectory_rows(evaluations), indent=1) + "\n")
-    summary = markdown_summary(evaluations)
+    (args.out / "final.json").write_text(json.dumps(final_rows(evaluations), indent=1) + "\n")
+    images = {"trajectory": "trajectory.png", "gm": "gm.png"} | {f"heatmap/{n}": f"heatmaps/{n}.png" for n in names}
+    summary = markdown_summary(evaluations, images)
     (args.out / "summary.md").write_text(summary)
     print(summary)
 

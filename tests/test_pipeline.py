@@ -62,10 +62,12 @@ def test_dvc_repro_end_to_end(clone):
         assert f"Running stage '{stage}'" in out
 
     metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
-    assert set(metrics) == {"task_00", "task_01", "task_02", "final"}
-    for row in metrics.values():
-        assert 0 <= row["A_KA"] <= 100 and 0 <= row["A_ZS"] <= 100
-    assert (clone / "reports/trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(metrics) == {"task_00", "task_01", "task_02", "final", "forgetting"}
+    for task in ("task_00", "task_01", "task_02", "final"):
+        assert 0 <= metrics[task]["A_KA"] <= 100 and 0 <= metrics[task]["A_ZS"] <= 100
+    assert {"mean_adaptation", "mean_evaluation", "shapes"} <= set(metrics["forgetting"])
+    for png in ("trajectory.png", "gm.png", "heatmaps/finetune.png"):
+        assert (clone / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (clone / "reports/summary.md").read_text()
     assert "| finetune | finetune | 2 |" in summary
     assert len(list((clone / "runs").glob("*/[0-9]*/metrics.json"))) == 3  # pretrain, train, evaluate
@@ -82,6 +84,20 @@ def test_dvc_repro_end_to_end(clone):
     assert "Running stage 'evaluate@finetune'" in changed
     for stage in ("download", "preprocess", "pretrain", "train@finetune"):
         assert f"Running stage '{stage}'" not in changed
+
+    # DVC plots render, and metrics and plots compare across revisions.
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "run 1"]):
+        _run(cmd, clone)
+    params["evaluate"]["subset"] = 1.0
+    (clone / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["dvc", "repro"], clone)
+    diff = _run(["dvc", "metrics", "diff", "--all"], clone)
+    assert "reports/experiments/finetune/metrics.json" in diff and "final.GM" in diff
+    vega = json.loads(_run(["dvc", "plots", "diff", "HEAD", "--show-vega", "--targets", "trajectory"], clone))
+    assert {(v["experiment"], v["rev"]) for v in vega["data"]["values"]} == {("finetune", "HEAD"), ("finetune", "workspace")}
+    _run(["dvc", "plots", "show", "-o", "plots_html"], clone)
+    html = (clone / "plots_html/index.html").read_text()
+    assert all(name in html for name in ("trajectory.png", "gm.png", "heatmaps", "final_gm"))
 
     dag = _run(["dvc", "dag", "--dot"], clone)
     for stage in ("download", "preprocess", "build_stream", "pretrain", "train", "evaluate", "report"):

@@ -1,28 +1,52 @@
-"""Zero-shot classification of a model on datasets of shards.
+"""Zero-shot classification and image-text retrieval of a model on datasets of shards.
 
-Class text embeddings are an ensemble over the dataset's prompt templates (mean of normalised
-embeddings, renormalised), as CLIP does, computed once per model state and dataset.
+Classification (manifest `task: classification`): each class's text embedding is an ensemble over the
+dataset's prompt templates (the mean of normalised embeddings, renormalised), as CLIP does; an image is
+assigned the class whose embedding is most similar. `Evaluator` computes them once per model state and
+reuses them for every dataset with the same classes and templates (TiC's per-step sets share them).
+
+Retrieval (`task: retrieval`): sample i's image and its caption (`txt`) are a pair. Recall@k image->text is
+the share of images whose caption ranks in the top k of all captions; text->image the reverse. A pair ranks
+behind only the candidates that score strictly higher, so duplicate captions do not count against it.
+`R@k` is the mean of both directions, as FiF's `RecallAtK` reports it.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Hashable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from clipflux.data.shards import ShardReader
-from clipflux.models import image_size, to_input
+from clipflux.metrics import fif_scores, headline
+from clipflux.models import image_size, load_weights, to_input
+from clipflux.progress import progress
+from clipflux.subsets import class_balanced_subset, validation_keys
+
+RECALL_KS = (1, 5, 10)
+TASKS = ("classification", "retrieval")
+TIME_FIELD = "time_step"  # sample metadata (json, or its "meta") naming a sample's TiC time step
 
 
 @torch.no_grad()
-def class_embeddings(model: torch.nn.Module, tokenizer, classes: list[str], templates: list[str]) -> torch.Tensor:
+def text_embeddings(model: torch.nn.Module, tokenizer, texts: Sequence[str], batch_size: int) -> torch.Tensor:
+    """(len(texts), dim) normalised text embeddings."""
+    out = [F.normalize(model.encode_text(tokenizer(list(texts[s : s + batch_size]))), dim=-1)
+           for s in range(0, len(texts), batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def class_embeddings(model: torch.nn.Module, tokenizer, classes: Sequence[str], templates: Sequence[str],
+                     batch_size: int = 256) -> torch.Tensor:
     """(num_classes, dim) normalised text embeddings, one ensemble over templates per class."""
-    rows = []
-    for classname in classes:
-        tokens = tokenizer([t.format(classname) for t in templates])
-        emb = F.normalize(model.encode_text(tokens), dim=-1).mean(dim=0)
-        rows.append(F.normalize(emb, dim=-1))
-    return torch.stack(rows)
+    prompts = [t.format(c) for c in classes for t in templates]
+    emb = text_embeddings(model, tokenizer, prompts, batch_size).view(len(classes), len(templates), -1)
+    return F.normalize(emb.mean(dim=1), dim=-1)
 
 
 @torch.no_grad()
@@ -36,12 +60,219 @@ def image_embeddings(model: torch.nn.Module, reader: ShardReader, indices: np.nd
     return torch.cat(out)
 
 
-@torch.no_grad()
+def classification_metrics(images: torch.Tensor, classes: torch.Tensor, labels: np.ndarray) -> dict[str, float]:
+    """Top-1 accuracy in percent of normalised image embeddings against class embeddings."""
+    predictions = (images @ classes.T).argmax(dim=1).numpy()
+    return {"acc": float(100.0 * np.mean(predictions == np.asarray(labels)))}
+
+
+def partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk: int = 1024) -> np.ndarray:
+    """For each query i, how many candidates score strictly higher than its partner, candidate i."""
+    ranks = []
+    for s in range(0, len(queries), chunk):
+        sims = queries[s : s + chunk] @ candidates.T
+        own = sims.diagonal(offset=s).unsqueeze(1)  # row r's partner is column s + r
+        ranks.append((sims > own).sum(dim=1))
+    return torch.cat(ranks).numpy()
+
+
+def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+    """Recall@k in percent, image->text (`i2t_R@k`), text->image (`t2i_R@k`) and their mean (`R@k`).
+
+    Args:
+        images, texts: (N, dim) normalised embeddings; row i of each is a pair.
+    """
+    i2t, t2i = partner_ranks(images, texts), partner_ranks(texts, images)
+    out = {}
+    for k in ks:
+        out[f"i2t_R@{k}"] = float(100.0 * np.mean(i2t < k))
+        out[f"t2i_R@{k}"] = float(100.0 * np.mean(t2i < k))
+        out[f"R@{k}"] = (out[f"i2t_R@{k}"] + out[f"t2i_R@{k}"]) / 2
+    return out
+
+
+class Evaluator:
+    """Evaluates one model, state after state, on any number of datasets.
+
+    Class text embeddings are computed once per model state: `load` brings in the next state's weights and
+    empties the cache.
+
+    Args:
+        model: the CLIP model (weights are loaded into it in place).
+        tokenizer: its open_clip tokenizer.
+        batch_size: images or texts per forward pass.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, batch_size: int):
+        self.model, self.tokenizer, self.batch_size = model.eval(), tokenizer, batch_size
+        self._classes: dict[tuple, torch.Tensor] = {}
+
+    def load(self, path: str | Path) -> None:
+        """Evaluate the weights in `path` from now on."""
+        load_weights(self.model, path)
+        self.model.eval()
+        self._classes.clear()
+
+    def class_embeddings(self, classes: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+        """The template-ensembled class embeddings of the current state (cached)."""
+        key = (tuple(classes), tuple(templates))
+        if key not in self._classes:
+            self._classes[key] = class_embeddings(self.model, self.tokenizer, classes, templates, self.batch_size)
+        return self._classes[key]
+
+    @torch.no_grad()
+    def evaluate(self, reader: ShardReader, manifest: dict, indices: np.ndarray,
+                 groups: Sequence[Hashable] | None = None) -> dict:
+        """Metrics of the current state on the chosen samples of one dataset.
+
+        Args:
+            reader: the dataset split.
+            manifest: its manifest (`task`; `classes` and `templates` for classification).
+            indices: the samples to evaluate.
+            groups: optionally a group per chosen sample (a TiC time step): metrics are also computed per
+                group, retrieval within each group's pairs only, as TiC's dynamic retrieval does.
+
+        Returns:
+            {"metrics": {...}, "n": samples} plus "groups": {group: {...}} when groups are given.
+        """
+        task = manifest["task"]
+        if task not in TASKS:
+            raise ValueError(f"{manifest.get('name')}: cannot evaluate task {task!r}; known: {TASKS}")
+        indices = np.asarray(indices)
+        images = image_embeddings(self.model, reader, indices, self.batch_size)
+        if task == "classification":
+            classes, labels = self.class_embeddings(manifest["classes"], manifest["templates"]), reader.labels[indices]
+        else:
+            texts = [reader.read(int(i), ("txt",))["txt"] for i in indices]
+            captions = text_embeddings(self.model, self.tokenizer, texts, self.batch_size)
+
+        def score(rows: np.ndarray) -> dict[str, float]:
+            if task == "classification":
+                return classification_metrics(images[rows], classes, labels[rows])
+            return retrieval_metrics(images[rows], captions[rows])
+
+        out = {"metrics": score(np.arange(len(indices))), "n": int(len(indices))}
+        if groups is not None:
+            groups = np.asarray(groups)
+            out["groups"] = {g.item() if hasattr(g, "item") else g: score(np.flatnonzero(groups == g))
+                             for g in np.unique(groups)}
+        return out
+
+
 def zero_shot_accuracy(model: torch.nn.Module, tokenizer, reader: ShardReader, manifest: dict,
                        batch_size: int, indices: np.ndarray | None = None) -> float:
     """Top-1 zero-shot accuracy in percent on the chosen samples (all by default)."""
     model.eval()
     indices = np.arange(len(reader)) if indices is None else indices
-    text = class_embeddings(model, tokenizer, manifest["classes"], manifest["templates"])
-    predictions = (image_embeddings(model, reader, indices, batch_size) @ text.T).argmax(dim=1).numpy()
-    return float(100.0 * np.mean(predictions == reader.labels[indices]))
+    text = class_embeddings(model, tokenizer, manifest["classes"], manifest["templates"], batch_size)
+    return classification_metrics(image_embeddings(model, reader, indices, batch_size), text, reader.labels[indices])["acc"]
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One dataset as the evaluation reads it: which split, which samples, and their time steps if any."""
+
+    name: str
+    manifest: dict
+    reader: ShardReader
+    split: str
+    full: np.ndarray  # sample indices evaluated before the stream and after the last task
+    subset: np.ndarray  # sample indices evaluated after the tasks in between
+    groups: np.ndarray | None  # the time step of every sample of `reader`, or None
+
+    def indices(self, full: bool) -> np.ndarray:
+        return self.full if full else self.subset
+
+
+def held_out_split(manifest: dict, validation: bool) -> str | None:
+    """The split a dataset is evaluated on, or None when it has none that may be used.
+
+    Normally the test split. In validation mode never the test split: adaptation datasets are evaluated on
+    the validation part of their training split; evaluation-only datasets, never trained on, on a
+    "validation" or "train" split if they have one.
+    """
+    splits = manifest["splits"]
+    if not validation:
+        return "test" if "test" in splits else None
+    candidates = ("train",) if manifest["role"] == "adaptation" else ("validation", "train")
+    return next((s for s in candidates if s in splits), None)
+
+
+def sample_groups(reader: ShardReader, field: str = TIME_FIELD) -> np.ndarray | None:
+    """The value of metadata `field` (in the sample json or its "meta") for every sample, or None if absent."""
+    def value(i: int):
+        meta = reader.read(i, ("json",))["json"]
+        return meta.get(field, (meta.get("meta") or {}).get(field))
+
+    if len(reader) == 0 or value(0) is None:
+        return None
+    values = [value(i) for i in range(len(reader))]
+    if any(v is None for v in values):
+        raise ValueError(f"{reader.shard_dir}: some samples have metadata {field!r} and some do not")
+    return np.asarray(values)
+
+
+def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, fraction: float,
+                    validation: bool = False, split: float = 0.8) -> tuple[dict[str, EvalSet], dict[str, str]]:
+    """Every adaptation and evaluation-only dataset with the samples the evaluation reads.
+
+    Args:
+        shards: the shards folder.
+        manifests: dataset name -> manifest.
+        seed: the evaluation seed (subsets and validation split).
+        fraction: FiF's subset fraction for evaluations during the stream.
+        validation: FiF's validation mode (see `held_out_split`).
+        split: the training share of the validation split.
+
+    Returns:
+        The evaluation sets by name, and the datasets left out with the reason.
+    """
+    sets, skipped = {}, {}
+    for name, manifest in sorted(manifests.items()):
+        if manifest["role"] not in ("adaptation", "evaluation") or manifest["task"] not in TASKS:
+            continue
+        which = held_out_split(manifest, validation)
+        if which is None:
+            skipped[name] = "no validation or train split (test data is never used in validation mode)" if validation \
+                else "no test split"
+            continue
+        reader = ShardReader(Path(shards) / name, which)
+        full = np.arange(len(reader))
+        if validation and manifest["role"] == "adaptation":
+            held = validation_keys(seed, name, reader.keys, reader.labels.tolist(), split)
+            full = np.array([i for i, k in enumerate(reader.keys) if k in held], dtype=np.int64)
+        groups = sample_groups(reader)
+        strata = reader.labels if groups is None else _pairs(reader.labels, groups)  # balanced over time steps too
+        subset = full[class_balanced_subset(strata[full], fraction, seed, name)]
+        sets[name] = EvalSet(name, manifest, reader, which, full, subset, groups)
+    return sets, skipped
+
+
+def _pairs(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """One integer per distinct (label, group) pair."""
+    _, group_ids = np.unique(groups, return_inverse=True)
+    return labels.astype(np.int64) * (group_ids.max() + 1) + group_ids
+
+
+def evaluate_state(evaluator: Evaluator, sets: dict[str, EvalSet], full: bool, desc: str) -> dict:
+    """One row of the evaluation matrix: every dataset, on its full samples or its subset.
+
+    Returns:
+        {"subset", "n", "metrics", "scores" (headline per dataset), A_KA / A_ZS / GM, "time"}, where
+        "time" holds {dataset: {step: headline score}} for datasets whose samples carry a time step.
+    """
+    row: dict = {"subset": not full, "n": {}, "metrics": {}, "scores": {}, "time": {}}
+    roles = {name: s.manifest["role"] for name, s in sets.items()}
+    bar = progress(list(sets.values()), desc=desc, unit="dataset")
+    for s in bar:
+        indices = s.indices(full)
+        result = evaluator.evaluate(s.reader, s.manifest, indices, None if s.groups is None else s.groups[indices])
+        task = s.manifest["task"]
+        row["n"][s.name], row["metrics"][s.name] = result["n"], result["metrics"]
+        row["scores"][s.name] = headline(task, result["metrics"])
+        if "groups" in result:
+            row["time"][s.name] = {str(g): headline(task, m) for g, m in result["groups"].items()}
+        summary = fif_scores(row["scores"], {n: roles[n] for n in row["scores"]})
+        bar.set_postfix(refresh=False, **{k: f"{v:.1f}" for k, v in summary.items()})
+    row.update(fif_scores(row["scores"], roles))
+    return row

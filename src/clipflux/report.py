@@ -1,72 +1,228 @@
-"""Reports: the A_KA-versus-A_ZS trajectory plot (FiF's main figure) and a markdown summary."""
+"""Reports across experiments: the A_KA-versus-A_ZS trajectory plot (FiF's main figure), a bar chart of the
+final GM, a heatmap of each experiment's evaluation matrix, the data behind DVC plots, and a markdown summary.
+
+Every function takes the experiments' evaluations as `stages/evaluate.py` writes them (`eval.json`).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+SUMMARY = ("A_KA", "A_ZS", "GM")
+GROUP_TITLES = {"adaptation": "adaptation\n→ A_KA", "evaluation": "eval-only\n→ A_ZS", "summary": "summary"}
+
+
+def _colours(evaluations: list[dict]) -> dict[str, str]:
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return {e["experiment"]: cycle[i % len(cycle)] for i, e in enumerate(evaluations)}
+
+
+def _complete(evaluation: dict) -> bool:
+    return all(k in r for r in evaluation["rows"] for k in SUMMARY)
 
 
 def trajectory_rows(evaluations: list[dict]) -> list[dict]:
-    """One flat row per (experiment, task): the data behind the trajectory plot and DVC plots."""
+    """One flat row per (experiment, task): the data behind the trajectory and GM-per-task DVC plots."""
     return [
-        {"experiment": e["experiment"], "task": r["after_task"], "A_KA": round(r["A_KA"], 4),
-         "A_ZS": round(r["A_ZS"], 4), "GM": round(r["GM"], 4)}
+        {"experiment": e["experiment"], "method": e["method"], "task": r["after_task"], "subset": r.get("subset", False),
+         **{k: round(r[k], 4) for k in SUMMARY if k in r}}
         for e in evaluations
         for r in e["rows"]
     ]
 
 
-def plot_trajectories(evaluations: list[dict], path: str | Path) -> None:
-    """Each experiment's path through (A_ZS, A_KA) space, from the base model (hollow) to the end."""
-    fig, ax = plt.subplots(figsize=(6, 5), dpi=120)
+def final_rows(evaluations: list[dict]) -> list[dict]:
+    """One row per experiment: base and final A_KA / A_ZS / GM (the data behind the GM bar chart)."""
+    out = []
     for e in evaluations:
+        base, final = e["rows"][0], e["rows"][-1]
+        row = {"experiment": e["experiment"], "method": e["method"], "tasks": len(e["rows"]) - 1}
+        row |= {k: round(final[k], 4) for k in SUMMARY if k in final}
+        row |= {f"{k}_base": round(base[k], 4) for k in SUMMARY if k in base}
+        out.append(row)
+    return out
+
+
+def _iso_gm(ax, levels=range(10, 100, 10)) -> None:
+    """Light curves of constant GM = sqrt(A_KA * A_ZS), to read the trade-off off the plot."""
+    x0, x1 = ax.get_xlim()
+    y0, y1 = ax.get_ylim()
+    zs = np.linspace(max(x0, 0.5), x1, 200)
+    for g in levels:
+        ka = g * g / zs
+        inside = (ka >= y0) & (ka <= y1)
+        if inside.sum() < 2:
+            continue
+        ax.plot(zs[inside], ka[inside], color="0.75", lw=0.7, ls=":", zorder=0)
+        ax.annotate(f"GM {g}", (zs[inside][-1], ka[inside][-1]), fontsize=7, color="0.55", ha="right", va="bottom")
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
+
+
+def plot_trajectories(evaluations: list[dict], path: str | Path) -> None:
+    """Each experiment's path through (A_ZS, A_KA): hollow circle = base model, star = after the last task.
+
+    Small markers are evaluations on subsets (during the stream), large ones on the full sets.
+    """
+    fig, ax = plt.subplots(figsize=(7, 5.5), dpi=120)
+    colours = _colours(evaluations)
+    shown = [e for e in evaluations if _complete(e)]
+    for e in shown:
         zs = [r["A_ZS"] for r in e["rows"]]
         ka = [r["A_KA"] for r in e["rows"]]
-        (line,) = ax.plot(zs, ka, marker="o", markersize=4, label=f"{e['experiment']} ({e['method']})")
-        ax.plot(zs[0], ka[0], marker="o", markersize=9, markerfacecolor="white", color=line.get_color())
-        ax.annotate("", xy=(zs[-1], ka[-1]), xytext=(zs[-2], ka[-2]) if len(zs) > 1 else (zs[0], ka[0]),
-                    arrowprops={"arrowstyle": "->", "color": line.get_color()})
+        c = colours[e["experiment"]]
+        ax.plot(zs, ka, color=c, lw=1.5, label=f"{e['experiment']} ({e['method']})")
+        for r in e["rows"][1:-1]:
+            ax.plot(r["A_ZS"], r["A_KA"], "o", color=c, ms=3.5 if r.get("subset") else 5)
+        ax.plot(zs[0], ka[0], "o", ms=10, mfc="white", mec=c, mew=1.5)
+        ax.plot(zs[-1], ka[-1], "*", ms=14, color=c, mec="black", mew=0.5)
+        if len(zs) > 1:
+            ax.annotate("", xy=(zs[-1], ka[-1]), xytext=(zs[-2], ka[-2]), arrowprops={"arrowstyle": "->", "color": c})
+    if shown:
+        xs = [r["A_ZS"] for e in shown for r in e["rows"]]
+        ys = [r["A_KA"] for e in shown for r in e["rows"]]
+        pad_x, pad_y = max(2.0, 0.15 * (max(xs) - min(xs))), max(2.0, 0.15 * (max(ys) - min(ys)))
+        ax.set_xlim(max(0, min(xs) - pad_x), min(100, max(xs) + pad_x))
+        ax.set_ylim(max(0, min(ys) - pad_y), min(100, max(ys) + pad_y))
+        _iso_gm(ax)
     ax.set_xlabel("zero-shot retention A_ZS (%)")
     ax.set_ylabel("knowledge accumulation A_KA (%)")
-    ax.set_title("Continual pretraining trajectories (hollow = base model)")
+    ax.set_title("Continual pretraining trajectories\n(hollow = base model, star = after the last task, small = subset evaluation)",
+                 fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    if shown:
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.1f}"
+def plot_final_gm(evaluations: list[dict], path: str | Path) -> None:
+    """Horizontal bars of each experiment's final GM (best at the top), the base model's GM as a dashed line."""
+    rows = sorted((r for r in final_rows(evaluations) if "GM" in r), key=lambda r: r["GM"])
+    colours = _colours(evaluations)
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))), dpi=120)
+    y = np.arange(len(rows))
+    ax.barh(y, [r["GM"] for r in rows], color=[colours[r["experiment"]] for r in rows], height=0.6)
+    for i, r in enumerate(rows):
+        ax.text(r["GM"] + 0.5, i, f"{r['GM']:.1f}  (A_KA {r['A_KA']:.1f}, A_ZS {r['A_ZS']:.1f})", va="center", fontsize=8)
+    bases = sorted({r["GM_base"] for r in rows if "GM_base" in r})
+    for b in bases:
+        ax.axvline(b, color="black", ls="--", lw=1)
+    if bases:
+        ax.text(bases[0], len(rows) - 0.45, f" base model {bases[0]:.1f}", fontsize=8, va="bottom")
+    ax.set_yticks(y, [f"{r['experiment']} ({r['method']})" for r in rows])
+    ax.set_xlim(0, min(100, max([r["GM"] for r in rows] + bases + [1]) * 1.45))
+    ax.set_ylim(-0.6, len(rows) - 0.1)
+    ax.set_xlabel("final GM = sqrt(A_KA x A_ZS) (%)")
+    ax.set_title("Final geometric mean of knowledge accumulation and zero-shot retention", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
-def markdown_summary(evaluations: list[dict]) -> str:
-    """The headline table over experiments and, per experiment, every dataset before and after the stream."""
+def _columns(evaluation: dict) -> list[tuple[str, str]]:
+    """(role, dataset) in display order: adaptation datasets, then evaluation-only ones, by name."""
+    datasets = evaluation["datasets"]
+    return sorted(((d["role"], n) for n, d in datasets.items()), key=lambda rn: (rn[0] != "adaptation", rn[1]))
+
+
+def plot_heatmap(evaluation: dict, path: str | Path) -> None:
+    """The evaluation matrix of one experiment: a row per model state, a column per dataset, then A_KA/A_ZS/GM."""
+    columns = _columns(evaluation)
+    rows = evaluation["rows"]
+    names = [n for _, n in columns] + [k for k in SUMMARY if any(k in r for r in rows)]
+    values = np.array([[r["scores"].get(n, r.get(n, np.nan)) for n in names] for r in rows], dtype=float)
+    fig, ax = plt.subplots(figsize=(2.4 + 0.7 * len(names), 2.0 + 0.38 * len(rows)), dpi=120)
+    image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+    for (i, j), v in np.ndenumerate(values):
+        if not math.isnan(v):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+    labels = ["base model"] + [f"task {r['after_task']}" + (" *" if r.get("subset") else "") for r in rows[1:]]
+    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    groups = [(role, [j for j, (r, _) in enumerate(columns) if r == role]) for role in dict.fromkeys(r for r, _ in columns)]
+    if len(names) > len(columns):
+        groups.append(("summary", list(range(len(columns), len(names)))))
+    for _, members in groups[1:]:
+        ax.axvline(members[0] - 0.5, color="white", lw=3)
+    top = ax.secondary_xaxis("top")
+    top.set_xticks([sum(m) / len(m) for _, m in groups], [GROUP_TITLES.get(r, r) for r, _ in groups], fontsize=7)
+    top.tick_params(length=0)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02, label="score (%)")
+    note = "  (* = class-balanced subset)" if any(r.get("subset") for r in rows) else ""
+    ax.set_title(f"{evaluation['experiment']} ({evaluation['method']}): score per dataset after each task{note}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.1f}"
+
+
+def markdown_summary(evaluations: list[dict], images: dict[str, str] | None = None) -> str:
+    """The headline table over experiments and, per experiment, every dataset before, during and after the stream.
+
+    Args:
+        evaluations: the experiments' eval.json contents.
+        images: image name -> path relative to the summary ("trajectory", "gm", "heatmap/<experiment>").
+    """
+    images = images or {}
     lines = [
         "# clipflux report",
         "",
-        "A_KA: mean zero-shot accuracy over adaptation datasets (knowledge accumulation).",
-        "A_ZS: mean zero-shot accuracy over evaluation-only datasets (zero-shot retention). GM = sqrt(A_KA * A_ZS).",
+        "A_KA: mean score over adaptation datasets (knowledge accumulation); A_ZS: mean score over evaluation-only",
+        "datasets (zero-shot retention); each dataset weighs the same, scored by accuracy (classification) or",
+        "Recall@5 (retrieval, mean of image→text and text→image), as FiF. GM = sqrt(A_KA · A_ZS).",
+        "Forgetting: per dataset, the best earlier score minus the final one (mean over each group).",
         "",
-        "| experiment | method | tasks | A_KA base | A_KA final | A_ZS base | A_ZS final | GM final |",
-        "|---|---|---|---|---|---|---|---|",
+        "| experiment | method | tasks | A_KA base | A_KA final | A_ZS base | A_ZS final | GM base | GM final "
+        "| forgetting (adapt.) | forgetting (eval.) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in evaluations:
-        base, final = e["rows"][0], e["rows"][-1]
-        lines.append(
-            f"| {e['experiment']} | {e['method']} | {len(e['rows']) - 1} | {_fmt(base['A_KA'])} | {_fmt(final['A_KA'])} "
-            f"| {_fmt(base['A_ZS'])} | {_fmt(final['A_ZS'])} | {_fmt(final['GM'])} |"
-        )
+        base, final, forget = e["rows"][0], e["rows"][-1], e.get("forgetting", {})
+        cells = [_fmt(r.get(k)) for k in SUMMARY for r in (base, final)]
+        lines.append(f"| {e['experiment']} | {e['method']} | {len(e['rows']) - 1} | " + " | ".join(cells)
+                     + f" | {_fmt(forget.get('mean_adaptation'))} | {_fmt(forget.get('mean_evaluation'))} |")
+    settings = evaluations[0] if evaluations else {}
+    if settings.get("validation"):
+        lines += ["", "**Validation mode**: scores are on held-out training samples, not on test data."]
+    if settings.get("subset", 1) < 1:
+        lines += ["", f"During the stream datasets are evaluated on class-balanced subsets ({settings['subset']:g} of "
+                      "each, at least 300 samples and 2 per class); before and after it on the full sets."]
+    lines += [f"\n![{k}]({images[k]})" for k in ("trajectory", "gm") if k in images]
     for e in evaluations:
-        base, final = e["rows"][0], e["rows"][-1]
-        lines += ["", f"## {e['experiment']}: per dataset", "",
-                  "| dataset | role | chance | base model | after the stream | change |", "|---|---|---|---|---|---|"]
-        for name in sorted(e["roles"], key=lambda n: (e["roles"][n], n)):
-            b, f = base["scores"][name], final["scores"][name]
-            lines.append(f"| {name} | {e['roles'][name]} | {_fmt(e['chance'][name])} | {_fmt(b)} | {_fmt(f)} | {f - b:+.1f} |")
-    lines += ["", "![trajectories](trajectory.png)", ""]
-    return "\n".join(lines)
+        lines += _experiment_section(e, images.get(f"heatmap/{e['experiment']}"))
+    return "\n".join(lines) + "\n"
+
+
+def _experiment_section(e: dict, heatmap: str | None) -> list[str]:
+    base, final = e["rows"][0], e["rows"][-1]
+    lines = ["", f"## {e['experiment']}: per dataset", "",
+             "| dataset | role | metric | split | samples | chance | base model | best | after the stream | change | forgetting |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for role, name in _columns(e):
+        d = e["datasets"][name]
+        b, f = base["scores"][name], final["scores"][name]
+        best = max(r["scores"][name] for r in e["rows"])
+        lines.append(f"| {name} | {role} | {d['metric']} | {d['split']} | {d['size']} | {_fmt(d['chance'])} | {_fmt(b)} "
+                     f"| {_fmt(best)} | {_fmt(f)} | {f - b:+.1f} | {_fmt(e['forgetting'].get(name))} |")
+    if e.get("skipped"):
+        lines += [""] + [f"Left out: {n} ({why})." for n, why in e["skipped"].items()]
+    for name, tic in e.get("tic", {}).items():
+        lines += ["", f"TiC on `{name}` (time steps {', '.join(e['time'][name]['steps'])}): "
+                      + ", ".join(f"{k} {v:+.1f}" if k in ("bwt", "fwt") else f"{k} {v:.1f}" for k, v in tic.items())]
+    if heatmap:
+        lines += ["", f"![{e['experiment']} evaluation matrix]({heatmap})"]
+    return lines
