@@ -1,0 +1,113 @@
+"""Sacred observers that never stop a run: a file observer that is always there, a MongoDB observer that steps
+aside when the database is down, and the filter that keeps captured output bounded and free of secrets.
+
+Sacred calls observers from two threads (its heartbeat timer, and the trainer's `flush` before each
+checkpoint), so both observers serialise their events.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from sacred.observers import FileStorageObserver, MongoObserver
+from sacred.utils import apply_backspaces_and_linefeeds
+
+from clipflux.tracking.store import Store, redact
+
+MAX_OUTPUT_LINES = 2000
+MAX_OUTPUT_CHARS = 200_000
+DROPPED = f"[clipflux: earlier output dropped; a run keeps the last {MAX_OUTPUT_LINES} lines]\n"
+EVENTS = ("started_event", "heartbeat_event", "log_metrics", "completed_event", "interrupted_event",
+          "failed_event", "resource_event", "artifact_event")
+
+
+def bounded_output(text: str) -> str:
+    """Sacred's captured-output filter: progress bars collapsed, credentials redacted, only the tail kept.
+
+    Sacred applies it to the whole output so far at every heartbeat, so the stored output never grows past
+    MAX_OUTPUT_LINES lines or MAX_OUTPUT_CHARS characters however long the run.
+    """
+    text = redact(apply_backspaces_and_linefeeds(text))
+    dropped = text.startswith(DROPPED)
+    if dropped:
+        text = text[len(DROPPED):]
+    lines = text.splitlines(keepends=True)
+    if len(lines) > MAX_OUTPUT_LINES:
+        text, dropped = "".join(lines[-MAX_OUTPUT_LINES:]), True
+    if len(text) > MAX_OUTPUT_CHARS:
+        text, dropped = text[-MAX_OUTPUT_CHARS:], True
+    return DROPPED + text if dropped else text
+
+
+def _serialised(cls: type) -> type:
+    """Wrap every observer event of `cls` in the instance's `_guard` (a lock, and for MongoDB a fault catch)."""
+    for name in EVENTS:
+        method = getattr(cls, name)
+
+        @functools.wraps(method)
+        def event(self, *args, _method=method, _name=name, **kwargs):
+            return self._guard(_name, lambda: _method(self, *args, **kwargs))
+
+        setattr(cls, name, event)
+    return cls
+
+
+@_serialised
+class LocalFileObserver(FileStorageObserver):
+    """Sacred's file observer into `runs/<stage>/<id>/`, which takes another id when the database's is taken."""
+
+    def __init__(self, basedir: str | Path):
+        super().__init__(str(basedir))
+        self._lock = threading.Lock()
+
+    def _guard(self, event: str, call: Callable[[], Any]) -> Any:
+        with self._lock:
+            return call()
+
+    def started_event(self, ex_info, command, host_info, start_time, config, meta_info, _id):
+        if _id is not None and (Path(self.basedir) / str(_id)).exists():
+            _id = None  # e.g. a fresh database numbering from 1 again beside older local runs
+        return super().started_event(ex_info, command, host_info, start_time, config, meta_info, _id)
+
+
+@_serialised
+class ResilientMongoObserver(MongoObserver):
+    """Sacred's MongoDB observer with short timeouts that, at the first failure, warns once and stands aside.
+
+    The run goes on; the file observer still holds all of it, and `clipflux tracking upload` brings it into
+    the database later. Unlike Sacred's own observer it never retries for minutes and never pickles a
+    failed run to disk.
+    """
+
+    def __init__(self, store: Store, local_copy: Path):
+        super().__init__(client=store.client(), db_name=store.db_name)
+        self.store, self.local_copy = store, local_copy
+        self.failure: str | None = None
+        self._lock = threading.Lock()
+
+    def __str__(self) -> str:
+        return f"MongoDB {self.store}"
+
+    def _guard(self, event: str, call: Callable[[], Any]) -> Any:
+        with self._lock:
+            if self.failure is not None:
+                return None
+            try:
+                return call()
+            except Exception as err:
+                self.failure = redact(f"{type(err).__name__}: {err}")[:500]
+                print(f"clipflux: MongoDB at {self.store} failed ({event}): {self.failure}\n"
+                      f"clipflux: the run goes on and is kept in {self.local_copy}; once MongoDB is back, "
+                      "`clipflux tracking upload` adds it to the database", file=sys.stderr)
+                return None
+
+    def save(self) -> None:
+        # Sacred's save() silently skips a heartbeat when the server is gone; raise so the guard notices.
+        self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry})
+
+    def final_save(self, attempts: int) -> None:
+        self.runs.update_one({"_id": self.run_entry["_id"]}, {"$set": self.run_entry}, upsert=True)

@@ -1,0 +1,160 @@
+"""Reading runs back from MongoDB: FiF's headline metrics of a run, and a table comparing runs.
+
+Runs are linked through their lineage: a run's recorded DVC inputs (`info.lineage.dvc.deps`) match the
+recorded outputs (`info.lineage.outputs`) of the run that produced them, so an evaluate run finds the train
+run whose weights it scored, and that one the pretrain run of its base model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import yaml
+
+HEADLINE = ("A_KA", "A_ZS", "GM")
+
+
+def get_run(db: Any, run_id: int) -> dict[str, Any]:
+    """The run document `run_id`; LookupError when there is none."""
+    doc = db.runs.find_one({"_id": run_id})
+    if doc is None:
+        raise LookupError(f"no run {run_id} in the database (`clipflux compare` lists the runs)")
+    return doc
+
+
+def stage_of(doc: dict[str, Any]) -> str:
+    """The DVC stage (`train@finetune`) of a run, else its Sacred stage (`train`)."""
+    meta = doc.get("meta", {})
+    return meta.get("dvc_stage") or meta.get("stage") or doc.get("experiment", {}).get("name", "?")
+
+
+def _entries(doc: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    lineage = (doc.get("info") or {}).get("lineage") or {}
+    items = lineage.get("outputs", []) if key == "outputs" else (lineage.get("dvc") or {}).get("deps", [])
+    return [e for e in items if e.get("md5")]
+
+
+def producers(db: Any, doc: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(input, run that wrote exactly that input) for each of the run's inputs written by a tracked run."""
+    found = []
+    for dep in _entries(doc, "deps"):
+        runs = list(db.runs.find({"info.lineage.outputs": {"$elemMatch": {"path": dep["path"], "md5": dep["md5"]}},
+                                  "status": "COMPLETED"}).sort("_id", -1).limit(1))
+        if runs:
+            found.append((dep, runs[0]))
+    return found
+
+
+def consumers(db: Any, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs that read one of this run's outputs exactly as it wrote them."""
+    found: dict[int, dict[str, Any]] = {}
+    for out in _entries(doc, "outputs"):
+        query = {"info.lineage.dvc.deps": {"$elemMatch": {"path": out["path"], "md5": out["md5"]}}}
+        for run in db.runs.find(query):
+            found[run["_id"]] = run
+    return [found[k] for k in sorted(found)]
+
+
+def headline(db: Any, run_id: int) -> dict[str, dict[str, list]]:
+    """The run's `eval/A_KA`, `eval/A_ZS`, `eval/GM` metrics: {"A_KA": {"steps": [...], "values": [...]}}."""
+    names = [f"eval/{k}" for k in HEADLINE]
+    return {m["name"].split("/", 1)[1]: {"steps": m["steps"], "values": m["values"]}
+            for m in db.metrics.find({"run_id": run_id, "name": {"$in": names}})}
+
+
+def results(db: Any, run_id: int) -> dict[str, Any]:
+    """A_KA, A_ZS and GM after every task and at the end, for an evaluate run (or the evaluations of a train run).
+
+    Returns:
+        {"run", "stage", "status", "experiment", "trajectory": [{"task", "A_KA", "A_ZS", "GM"}], "final": {...}},
+        with the values exactly as logged; a train run gives {"run", "stage", "evaluated_by": [run ids]}.
+    """
+    doc = get_run(db, run_id)
+    series = headline(db, run_id)
+    if not series:
+        evaluations = [r["_id"] for r in consumers(db, doc) if headline(db, r["_id"])]
+        if evaluations:
+            return {"run": run_id, "stage": stage_of(doc), "evaluated_by": evaluations}
+        raise LookupError(f"run {run_id} ({stage_of(doc)}) logged no A_KA / A_ZS / GM and no evaluate run "
+                          "read its outputs")
+    steps = sorted({s for m in series.values() for s in m["steps"]})
+    trajectory = [{"task": step, **{k: _at(series.get(k), step) for k in HEADLINE}} for step in steps]
+    return {"run": run_id, "stage": stage_of(doc), "status": doc.get("status"),
+            "experiment": doc.get("config", {}).get("experiment"), "trajectory": trajectory,
+            "final": {k: trajectory[-1][k] for k in HEADLINE}}
+
+
+def _at(metric: dict[str, list] | None, step: int) -> float | None:
+    if not metric:
+        return None
+    values = [v for s, v in zip(metric["steps"], metric["values"]) if s == step]
+    return values[-1] if values else None  # a resumed run may log a step twice: the later value stands
+
+
+def effective_config(db: Any, doc: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """The run's config on top of the configs of the runs upstream of it (pretrain < train < evaluate)."""
+    merged: dict[str, Any] = {}
+    if depth < 5:
+        for _, upstream in producers(db, doc):
+            merged.update(effective_config(db, upstream, depth + 1))
+    merged.update(doc.get("config", {}))
+    return merged
+
+
+def lookup(config: dict[str, Any], dotted: str) -> Any:
+    """`config["train"]["optim"]["lr"]` for "train.optim.lr"; None when missing."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def parse_filters(filters: Iterable[str]) -> dict[str, Any]:
+    """["method=finetune", "train.optim.lr=3e-4"] → {"method": "finetune", "train.optim.lr": 0.0003}."""
+    parsed = {}
+    for item in filters:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"a filter is KEY=VALUE (a dotted config key), got {item!r}")
+        parsed[key.strip()] = yaml.safe_load(value)
+    return parsed
+
+
+def compare(db: Any, filters: dict[str, Any], stage: str | None = "evaluate",
+            show: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """One row per run of `stage` whose (effective) config matches every filter, oldest first.
+
+    Each row: run, stage, status, experiment, method, the final A_KA / A_ZS / GM, and the `show` keys.
+    """
+    rows = []
+    for doc in db.runs.find({"meta.stage": stage} if stage else {}).sort("_id", 1):
+        config = effective_config(db, doc)
+        if any(lookup(config, k) != v and str(lookup(config, k)) != str(v) for k, v in filters.items()):
+            continue
+        series = headline(db, doc["_id"])
+        row = {"run": doc["_id"], "stage": stage_of(doc), "status": doc.get("status"),
+               "experiment": config.get("experiment"), "method": config.get("method")}
+        row.update({k: series[k]["values"][-1] if series.get(k) else None for k in HEADLINE})
+        row.update({k: lookup(config, k) for k in show})
+        rows.append(row)
+    return rows
+
+
+def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """Rows as an aligned text table (floats with 4 decimals)."""
+    if not rows:
+        return "(no runs)"
+    columns = columns or list(rows[0])
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

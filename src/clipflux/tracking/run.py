@@ -1,0 +1,102 @@
+"""`run_tracked`: one pretrain / train / evaluate run as a Sacred run, observed into files and MongoDB."""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from clipflux.tracking import lineage
+from clipflux.tracking.store import StoreError, project_root, redact
+
+T = TypeVar("T")
+RUNS_DIR = Path("runs")
+
+
+def _mongo_observer(stack: ExitStack, root: Path, local_copy: Path) -> Any:
+    """The MongoDB observer for this run (its store held open by `stack`), or None when MongoDB is turned off
+    or the embedded server cannot be started."""
+    from clipflux.tracking.observers import ResilientMongoObserver
+    from clipflux.tracking.server import open_store
+
+    try:
+        store = stack.enter_context(open_store(root))
+    except StoreError as err:
+        print(f"clipflux: runs are recorded in {local_copy} only: {redact(str(err))}", file=sys.stderr)
+        return None
+    return ResilientMongoObserver(store, local_copy) if store else None
+
+
+def global_seed(config: dict[str, Any]) -> int:
+    """The seed Sacred gives `random`, NumPy and torch at the start of a run: the config's own seed.
+
+    Sacred seeds the global generators of every run, with a random seed unless the config has a top-level
+    `seed`; pinning it to the stage's seed keeps "same params, same results" for any code that draws from a
+    global generator (the trainer restores its own generator states on resume).
+    """
+    if isinstance(config.get("seed"), int):
+        return config["seed"]
+    found = [value for _, value in sorted(lineage.seeds(config).items()) if isinstance(value, int)]
+    return found[0] if found else 0
+
+
+def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], runs_dir: str | Path = RUNS_DIR) -> T:
+    """Run `main(run)` as a Sacred run of experiment `clipflux.<stage>`.
+
+    The run is observed into `runs_dir/<stage>/<id>/` always, and into MongoDB (CLIPFLUX_MONGO_URL, else the
+    embedded server) when it answers; a database that is down or dies mid-run never stops the work. The run's
+    `info.lineage` holds the git commit, the DVC hashes of the stage's inputs (and, once `main` returned, of
+    its outputs), the data manifests and the seeds; `meta.clipflux_uid` identifies it across both stores.
+
+    Args:
+        stage: the stage name (pretrain, train, evaluate).
+        config: the run's configuration: its params section plus derived values (plain JSON types).
+        main: the work; receives the Sacred run (for `log_scalar` and `info`) and returns a small JSON-able result.
+        runs_dir: root folder of the file observer.
+    """
+    from sacred import Experiment
+
+    from clipflux.tracking.observers import LocalFileObserver, bounded_output
+
+    root = project_root()
+    local_copy = Path(runs_dir) / stage
+    ex = Experiment(f"clipflux.{stage}", save_git_info=False, base_dir=str(root))
+    script = Path(sys.argv[0]).resolve()
+    if script.suffix == ".py" and script.is_relative_to(root):
+        ex.add_source_file(str(script))  # the stage script, shown among the run's sources
+    ex.captured_out_filter = bounded_output
+    ex.observers.append(LocalFileObserver(local_copy))
+    ex.add_config({**config, "seed": global_seed(config)})  # Sacred's own key, see global_seed
+    address = os.environ.get("DVC_STAGE")
+    info = {"lineage": lineage.collect(root, config)}
+    result: dict[str, T] = {}
+
+    @ex.main
+    def _main(_run):
+        result["value"] = main(_run)
+        try:
+            _run.info["lineage"]["outputs"] = lineage.dvc_outputs(root, address)
+        except Exception as err:  # the work is done; a missing record must not fail it
+            _run.info["lineage"]["outputs_error"] = f"{type(err).__name__}: {err}"
+
+    with ExitStack() as stack:
+        mongo = _mongo_observer(stack, root, local_copy)
+        if mongo is not None:
+            ex.observers.append(mongo)
+        run = ex.run(options={"--capture": "sys"}, info=info,
+                     meta_info={"clipflux_uid": uuid.uuid4().hex, "stage": stage, "dvc_stage": address})
+    if mongo is not None and mongo.failure:
+        print(f"clipflux: run {run._id} is in {local_copy} but not (fully) in MongoDB: "
+              "run `clipflux tracking upload` once MongoDB is back", file=sys.stderr)
+    return result["value"]
+
+
+def configure_torch(threads: int) -> None:
+    """Fix the thread count and demand deterministic algorithms (part of the recorded environment)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True)

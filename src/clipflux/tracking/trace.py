@@ -1,0 +1,180 @@
+"""`clipflux lineage`: from a run, or a file in `reports/`, back to the commit, parameters and data behind it.
+
+The walk follows recorded hashes only: a run's inputs lead to the runs that wrote exactly those bytes, and
+inputs no tracked run wrote (shards, streams, raw data) to the stages in `dvc.lock` that produced them,
+down to the raw data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from clipflux.tracking.lineage import read_lock, upstream_from_lock
+from clipflux.tracking.query import get_run, producers, stage_of
+
+MAX_DEPTH = 6
+
+
+def md5_file(path: Path) -> str:
+    """DVC 3's hash of a file: the md5 of its bytes."""
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def run_for_file(db: Any, root: Path, path: str) -> dict[str, Any] | None:
+    """The completed run whose recorded outputs hold `path` with its current content, if any."""
+    target = root / path
+    if target.is_file():
+        md5 = md5_file(target)
+    else:
+        outs = {o["path"]: o.get("md5") for entry in read_lock(root).values() for o in entry.get("outs", [])}
+        md5 = outs.get(path)
+    if md5 is None:
+        return None
+    found = list(db.runs.find({"info.lineage.outputs": {"$elemMatch": {"path": path, "md5": md5}},
+                               "status": "COMPLETED"}).sort("_id", -1).limit(1))
+    return found[0] if found else None
+
+
+def _lock_producer(lock: dict[str, Any], path: str) -> dict[str, Any] | None:
+    chain = upstream_from_lock(lock, [path])
+    return chain[0] if chain else None
+
+
+def run_lineage(db: Any, doc: dict[str, Any], lock: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+    """The lineage tree of a run document (see module docstring)."""
+    info = doc.get("info") or {}
+    recorded = info.get("lineage") or {}
+    git = recorded.get("git", {})
+    node = {"run": doc["_id"], "stage": stage_of(doc), "status": doc.get("status"),
+            "commit": git.get("commit"), "dirty": git.get("dirty"),
+            "config": {k: v for k, v in doc.get("config", {}).items() if k not in ("datasets", "skipped")},
+            "inputs": (recorded.get("dvc") or {}).get("deps", []), "outputs": recorded.get("outputs", []),
+            "data": {name: m.get("sha256") for name, m in (recorded.get("data") or {}).items()},
+            "environment": {k: (info.get("environment") or {}).get(k) for k in ("host", "device", "threads")},
+            "upstream": []}
+    made_by = {dep["path"]: run for dep, run in producers(db, doc)}
+    upstream_lock = {s["stage"]: s for s in (recorded.get("dvc") or {}).get("upstream", [])}
+    for dep in node["inputs"]:
+        if dep["path"].startswith(("src/", "stages/", "configs/")):
+            continue  # code: pinned by the commit
+        entry: dict[str, Any] = {"path": dep["path"], "md5": dep["md5"]}
+        if dep["path"] in made_by and depth < MAX_DEPTH:
+            entry["run"] = run_lineage(db, made_by[dep["path"]], lock, depth + 1)
+        else:
+            stage = _producer_in(upstream_lock, dep["path"]) or _lock_producer(lock, dep["path"])
+            if stage:
+                entry["stage"] = _stage_chain(stage, upstream_lock or lock_entries(lock))
+        node["upstream"].append(entry)
+    return node
+
+
+def lock_entries(lock: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """dvc.lock's stages in the recorded-upstream format, by name."""
+    return {s["stage"]: s for s in upstream_from_lock(lock, [o["path"] for e in lock.values() for o in e.get("outs", [])])}
+
+
+def _producer_in(stages: dict[str, dict[str, Any]], path: str) -> dict[str, Any] | None:
+    for stage in stages.values():
+        if any(out["path"] == path for out in stage["outs"]):
+            return stage
+    return None
+
+
+def _stage_chain(stage: dict[str, Any], stages: dict[str, dict[str, Any]], depth: int = 0) -> dict[str, Any]:
+    """A dvc.lock stage with, for each of its data deps, the stage that produced it (down to raw data)."""
+    node = {"stage": stage["stage"], "params": stage["params"], "deps": []}
+    for dep in stage["deps"]:
+        if dep["path"].startswith(("src/", "stages/", "configs/")):
+            continue
+        entry: dict[str, Any] = {"path": dep["path"], "md5": dep["md5"]}
+        producer = _producer_in(stages, dep["path"])
+        if producer and depth < MAX_DEPTH:
+            entry["stage"] = _stage_chain(producer, stages, depth + 1)
+        node["deps"].append(entry)
+    return node
+
+
+def lineage_of(db: Any, root: Path, target: str) -> dict[str, Any]:
+    """The lineage tree of run `target` (an id) or of the file `target` (a path under the project)."""
+    lock = read_lock(root)
+    if target.isdigit():
+        return run_lineage(db, get_run(db, int(target)), lock)
+    path = str(Path(target).resolve().relative_to(root)) if Path(target).is_absolute() else target
+    if not (root / path).exists():
+        raise LookupError(f"{target}: neither a run id nor a file of the project")
+    run = run_for_file(db, root, path)
+    if run is not None:
+        return {"file": path, "md5": md5_file(root / path) if (root / path).is_file() else None,
+                "run": run_lineage(db, run, lock)}
+    stage = _lock_producer(lock, path)
+    if stage is None:
+        raise LookupError(f"{path}: no tracked run wrote it as it is now, and no stage in dvc.lock outputs it "
+                          "(is it a DVC output? run `dvc status`)")
+    stages = lock_entries(lock)
+    tree = {"file": path, "stage": _stage_chain(stage, stages), "inputs": []}
+    for dep in stage["deps"]:  # e.g. reports/summary.md ← report ← reports/experiments ← evaluate runs
+        run = run_for_file(db, root, dep["path"]) if (root / dep["path"]).is_file() else None
+        if run is not None:
+            tree["inputs"].append({"path": dep["path"], "run": run_lineage(db, run, lock)})
+    return tree
+
+
+def render(tree: dict[str, Any], indent: int = 0) -> str:
+    """The lineage tree as indented text."""
+    pad = "  " * indent
+    lines = []
+    if "file" in tree:
+        lines.append(f"{pad}{tree['file']}" + (f"  md5 {tree['md5']}" if tree.get("md5") else ""))
+        if "run" in tree:
+            lines.append(render(tree["run"], indent + 1))
+        if "stage" in tree:
+            lines.append(_render_stage(tree["stage"], indent + 1))
+        for item in tree.get("inputs", []):
+            lines.append(f"{pad}  ← {item['path']}")
+            lines.append(render(item["run"], indent + 2))
+        return "\n".join(lines)
+    clean = {True: "dirty work tree", False: "clean", None: "unknown"}[tree["dirty"]]
+    lines.append(f"{pad}run {tree['run']}  {tree['stage']}  {tree['status']}")
+    lines.append(f"{pad}  code    commit {tree['commit']} ({clean})")
+    lines.append(f"{pad}  params  {_flat(tree['config'])}")
+    env = tree["environment"]
+    lines.append(f"{pad}  ran on  {env.get('host')}, {env.get('device')}, {env.get('threads')} threads")
+    for out in tree["outputs"]:
+        lines.append(f"{pad}  wrote   {out['path']}  md5 {out['md5']}")
+    for name, sha in tree["data"].items():
+        lines.append(f"{pad}  data    {name}: manifest sha256 {sha}")
+    for item in tree["upstream"]:
+        lines.append(f"{pad}  ← {item['path']}  md5 {item['md5']}")
+        if "run" in item:
+            lines.append(render(item["run"], indent + 2))
+        elif "stage" in item:
+            lines.append(_render_stage(item["stage"], indent + 2))
+    return "\n".join(lines)
+
+
+def _render_stage(stage: dict[str, Any], indent: int) -> str:
+    pad = "  " * indent
+    lines = [f"{pad}stage {stage['stage']} (dvc.lock)  params {_flat(stage['params']) or '-'}"]
+    for dep in stage["deps"]:
+        lines.append(f"{pad}  ← {dep['path']}  md5 {dep['md5']}")
+        if "stage" in dep:
+            lines.append(_render_stage(dep["stage"], indent + 2))
+    return "\n".join(lines)
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> str:
+    parts = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            inner = _flat(value, f"{prefix}{key}.")
+            if inner:
+                parts.append(inner)
+        else:
+            parts.append(f"{prefix}{key}={value}")
+    return " ".join(parts)
