@@ -11,10 +11,10 @@ from clipflux.streams import load_stream_file, resolve
 
 
 def keys_by_class(shards: Path, manifests: dict[str, dict]) -> dict[str, dict[str, list[str]]]:
-    """For every adaptation dataset: class name -> keys of its training samples."""
+    """For every streamable dataset (a training split and classes or topics): class -> training sample keys."""
     out = {}
     for name, manifest in manifests.items():
-        if manifest["role"] != "adaptation":
+        if manifest["role"] not in ("adaptation", "tic") or "train" not in manifest["splits"] or not manifest["classes"]:
             continue
         reader = ShardReader(shards / name, "train")
         classes = manifest["classes"]

@@ -60,7 +60,7 @@ def test_shipped_streams_cover_every_adaptation_class_once():
     from clipflux.data.world import build_world
 
     expected = {f"{s.name}+++{c}" for s in build_world().values() if s.role == "adaptation" for c in s.classes}
-    for name in ("fif_random", "dataset_incremental"):
+    for name in ("fif_random", "dataset_incremental", "fif_similarity", "fif_similarity_reverse"):
         entries = load_stream_file(REPO / "streams" / f"{name}.json")
         assert set(entries) == expected and len(entries) == len(expected)
 
@@ -69,3 +69,11 @@ def test_random_order_is_seeded():
     classes = {"a": [str(i) for i in range(20)]}
     assert random_order(classes, 1) == random_order(classes, 1)
     assert random_order(classes, 1) != random_order(classes, 2)
+
+
+def test_similarity_streams_are_reverses_and_tic_is_in_time_order():
+    sim = load_stream_file(REPO / "streams" / "fif_similarity.json")
+    assert load_stream_file(REPO / "streams" / "fif_similarity_reverse.json") == sim[::-1]
+    from clipflux.data.tic import STEPS
+
+    assert load_stream_file(REPO / "streams" / "tic_time_incremental.json") == [f"tic+++{s}" for s in STEPS]

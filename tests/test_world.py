@@ -31,7 +31,7 @@ def test_captions_name_the_true_class(name, seed):
     _, records = generate(spec, spec.splits[0], 2, 32, seed)
     for r in records:
         assert r["classname"] == spec.classes[r["label"]]
-        assert r["classname"] in r["caption"]
+        assert r["classname"] in r["caption"] or spec.role == "tic"
 
 
 def test_pool_captions_describe_the_rendered_object():
@@ -43,8 +43,8 @@ def test_pool_captions_describe_the_rendered_object():
             assert {2: "two", 3: "three"}[meta["count"]] in r["caption"]
 
 
-def test_pool_never_shows_adaptation_concepts():
-    new_words = {c for s in WORLD.values() if s.role == "adaptation" for c in s.classes}
+def test_pool_never_shows_new_concepts():
+    new_words = {c for name in ("novel_shapes", "textures", "digits", "symbols") for c in WORLD[name].classes}
     _, records = generate(WORLD["pool"], "train", 2000, 32, 0)
     captions = " ".join(r["caption"] for r in records)
     assert not [w for w in new_words if f" {w}" in f" {captions}"]
@@ -64,3 +64,40 @@ def test_no_test_digit_glyph_is_used_for_training():
         train_glyphs = {r["meta"]["glyph"] for r in train if r["label"] == label}
         test_glyphs = {r["meta"]["glyph"] for r in test if r["label"] == label}
         assert not train_glyphs & test_glyphs
+
+
+def test_world_has_the_kinds_of_datasets_of_the_protocols():
+    roles = [s.role for s in WORLD.values()]
+    assert roles.count("adaptation") >= 12 and roles.count("evaluation") >= 5
+    assert any(s.task == "retrieval" and s.role == "adaptation" for s in WORLD.values())
+    assert any(s.task == "retrieval" and s.role == "evaluation" for s in WORLD.values())
+    for spec in WORLD.values():
+        assert spec.shift and (spec.task != "classification" or len(spec.templates) >= 2)
+
+
+def test_time_ordered_world_drifts_appears_and_fades():
+    from clipflux.data import tic
+
+    assert len(tic.STEPS) >= 6
+    first, last = set(tic.concepts(0)), set(tic.concepts(len(tic.STEPS) - 1))
+    assert last - first and first - last  # concepts appear and fade
+    _, records = generate(WORLD["tic"], "train", 30, 32, 0)
+    for r in records:
+        step = r["meta"]["step"]
+        assert r["label"] == step and r["meta"]["concept"] in tic.concepts(step)
+        assert r["meta"]["style"] in tic.STYLES[step]
+        assert (r["meta"]["timestamp"] in tic.FIRST_YEARS) if step == 0 else r["meta"]["timestamp"] == int(tic.STEPS[step])
+    styles = [{r["meta"]["style"] for r in records if r["meta"]["step"] == t} for t in (0, len(tic.STEPS) - 1)]
+    assert not styles[0] & styles[1]  # the look of the first and the last step share nothing
+
+
+def test_spatial_and_counting_labels_match_the_layout():
+    _, records = generate(WORLD["counting"], "train", 3, 32, 0)
+    assert all(r["meta"]["count"] == r["label"] + 1 for r in records)
+    images, records = generate(WORLD["spatial"], "train", 3, 32, 0)
+    for image, r in zip(images, records):
+        red = np.argwhere((image[..., 0] > 150) & (image[..., 2] < 100))
+        blue = np.argwhere((image[..., 2] > 150) & (image[..., 0] < 100))
+        (ry, rx), (by, bx) = red.mean(0), blue.mean(0)
+        relation = r["classname"]
+        assert {"left of": rx < bx, "right of": rx > bx, "above": ry < by, "below": ry > by}[relation]

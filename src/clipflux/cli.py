@@ -6,25 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from clipflux.data.world import build_world
-from clipflux.streams import dataset_incremental, random_order
+from clipflux.data.cards import write_cards
+from clipflux.data.stream_files import write_streams
 from clipflux.tracking import commands as tracking_commands
-
-
-def write_streams(out_dir: Path, seed: int) -> list[Path]:
-    """Write the shipped stream orders of the synthetic world into `out_dir`."""
-    classes = {s.name: list(s.classes) for s in build_world().values() if s.role == "adaptation"}
-    orders = {
-        "fif_random": random_order(classes, seed),
-        "dataset_incremental": dataset_incremental(classes, list(classes)),
-    }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, entries in orders.items():
-        path = out_dir / f"{name}.json"
-        path.write_text(json.dumps(entries, indent=1) + "\n")
-        paths.append(path)
-    return paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,11 +17,25 @@ def main(argv: list[str] | None = None) -> None:
     streams = sub.add_parser("write-streams", help="regenerate the stream files of the synthetic world")
     streams.add_argument("--out", type=Path, default=Path("streams"))
     streams.add_argument("--seed", type=int, default=0)
+    streams.add_argument("--model", type=Path, help="base model weights: also write the similarity orders")
+    streams.add_argument("--shards", type=Path, default=Path("data/shards"))
+    cards = sub.add_parser("datasets", help="write a dataset card (markdown) and example grids (PNG) per dataset")
+    cards.add_argument("--shards", type=Path, default=Path("data/shards"))
+    cards.add_argument("--out", type=Path, default=Path("reports/datasets"))
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "write-streams":
-        for path in write_streams(args.out, args.seed):
+        model = None
+        if args.model:
+            from clipflux.config import load_params
+            from clipflux.models import create_model, load_weights
+
+            model, _ = create_model(load_params().model)
+            load_weights(model, args.model)
+        for path in write_streams(args.out, args.seed, model, args.shards):
             print(f"wrote {path}")
+    elif args.command == "datasets":
+        print(f"wrote {write_cards(args.shards, args.out)}")
     elif args.command in tracking_commands.COMMANDS:
         tracking_commands.run(args)
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from clipflux.config import WorldConfig
 from clipflux.data.shards import load_manifest, write_shards
-from clipflux.data.world import build_world, generate
+from clipflux.data.world import DatasetSpec, build_world, generate
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -27,11 +27,12 @@ def _write_json(path: Path, obj: object) -> None:
     os.replace(tmp, path)
 
 
-def _counts(cfg: WorldConfig, role: str, split: str) -> int:
-    if role == "pretraining":
+def _counts(cfg: WorldConfig, spec: DatasetSpec, split: str) -> int:
+    """Samples per class (or in all, for unlabelled sets) of one split, from the world's counts."""
+    if spec.role == "pretraining":
         return max(1, round(cfg.pool_size * cfg.scale))
     per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
-    return max(1, round(per_class * cfg.scale))
+    return max(1, round(per_class * cfg.scale * spec.size_factor * (1 if spec.classes else 8)))
 
 
 def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True) -> list[str]:
@@ -54,7 +55,7 @@ def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True)
         out.mkdir(parents=True)
         _write_json(out / "card.json", spec.card())
         for split in spec.splits:
-            count = _counts(cfg, spec.role, split)
+            count = _counts(cfg, spec, split)
             images, records = generate(spec, split, count, cfg.image_size, cfg.seed)
             np.save(out / f"{split}.npy", images)
             with open(out / f"{split}.jsonl", "w") as f:

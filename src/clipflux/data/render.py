@@ -86,10 +86,24 @@ def shape_mask(shape: str, dx: np.ndarray, dy: np.ndarray, r: float) -> np.ndarr
         "semicircle": lambda: (dist <= r) & (dy >= 0),
         "chevron": lambda: (np.abs(dx + ay - 0.5 * r) <= 0.28 * r) & (ay <= r),
         "saltire": lambda: ((np.abs(dx - dy) <= 0.3 * r) | (np.abs(dx + dy) <= 0.3 * r)) & (dist <= 1.1 * r),
+        # fine-grained variants of known shapes
+        "four-pointed star": lambda: _star(dist, theta, r, 4),
+        "five-pointed star": lambda: _star(dist, theta, r, 5),
+        "six-pointed star": lambda: _star(dist, theta, r, 6),
+        "eight-pointed star": lambda: _star(dist, theta, r, 8),
+        "upward triangle": lambda: _triangle(dx, dy, r),
+        "downward triangle": lambda: _triangle(dx, dy, r, up=False),
+        "leftward triangle": lambda: _triangle(dy, dx, r),
+        "rightward triangle": lambda: _triangle(dy, dx, r, up=False),
     }
     if shape not in masks:
         raise KeyError(f"unknown shape {shape!r}; known: {sorted(masks)}")
     return masks[shape]()
+
+
+def _star(dist: np.ndarray, theta: np.ndarray, r: float, points: int) -> np.ndarray:
+    lobe = (1 + np.cos(points * (theta + np.pi / 2))) / 2
+    return dist <= r * (0.4 + 0.6 * lobe**3)
 
 
 def _heart(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -104,33 +118,71 @@ def _downsample(canvas: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(c), 0, 255).astype(np.uint8)
 
 
+STYLES = ("filled", "sketch", "painting", "clipart", "noisy", "lowcontrast", "inverted")
+
+
+def _edges(mask: np.ndarray, width: int) -> np.ndarray:
+    """The outline of a mask, `width` (supersampled) pixels thick."""
+    inner = mask.copy()
+    for _ in range(width):
+        inner = inner & np.roll(inner, 1, 0) & np.roll(inner, -1, 0) & np.roll(inner, 1, 1) & np.roll(inner, -1, 1)
+    return mask & ~inner
+
+
+def _smooth_noise(shape: tuple[int, int], cells: int, rng: np.random.Generator) -> np.ndarray:
+    """Low-frequency noise in [-1, 1]: a coarse random grid, bicubically upsampled (brush-like blotches)."""
+    from PIL import Image
+
+    coarse = rng.uniform(-1, 1, size=(cells, cells)).astype(np.float32)
+    return np.asarray(Image.fromarray(coarse, mode="F").resize(shape[::-1], Image.BICUBIC), dtype=np.float32)
+
+
 def render_objects(
     size: int,
     objects: list[tuple[str, str, float, float, float]],
     background: tuple[int, int, int],
     rng: np.random.Generator,
     noise: float = 6.0,
+    style: str = "filled",
 ) -> np.ndarray:
-    """Render objects onto a plain background.
+    """Render objects onto a plain background in a rendering style.
 
     Args:
         size: output side length in pixels.
         objects: (shape, colour name, centre x, centre y, radius) in unit coordinates.
-        background: RGB of the background.
+        background: RGB of the background (styles with their own background ignore it).
         rng: the sample's generator (jitter and pixel noise).
         noise: standard deviation of the additive pixel noise.
+        style: one of `STYLES`: flat fills (the pretraining look), pencil sketches, paintings, clipart with
+            outlines, heavy noise, low contrast, or dark objects on a bright ground.
 
     Returns:
         A (size, size, 3) uint8 image.
     """
     x, y = _grid(size)
     canvas = np.empty(x.shape + (3,), dtype=np.float32)
-    canvas[:] = background
+    ground = {"sketch": (235, 232, 225), "clipart": (250, 250, 250), "inverted": (225, 220, 200)}
+    canvas[:] = ground.get(style, background)
+    if style == "painting":
+        canvas += 45 * _smooth_noise(x.shape, 6, rng)[..., None]
     for shape, colour, cx, cy, r in objects:
         rgb = np.asarray(COLORS[colour], dtype=np.float32) * rng.uniform(0.85, 1.05)
         mask = shape_mask(shape, x - cx, y - cy, r)
-        canvas[mask] = rgb
-    canvas += rng.normal(0.0, noise, size=canvas.shape).astype(np.float32)
+        if style == "sketch":
+            canvas[_edges(mask, 2)] = rng.uniform(40, 90)
+        elif style == "painting":
+            canvas[mask] = rgb + 60 * _smooth_noise(x.shape, 10, rng)[mask][:, None]
+        elif style == "clipart":
+            canvas[mask] = rgb
+            canvas[_edges(mask, 3)] = 15
+        elif style == "lowcontrast":
+            canvas[mask] = 0.78 * canvas[mask] + 0.22 * rgb
+        elif style == "inverted":
+            canvas[mask] = 0.45 * rgb
+        else:
+            canvas[mask] = rgb
+    sigma = {"noisy": 48.0, "sketch": 4.0}.get(style, noise)
+    canvas += rng.normal(0.0, sigma, size=canvas.shape).astype(np.float32)
     return _downsample(canvas)
 
 
@@ -176,3 +228,24 @@ def render_glyph(size: int, pixels: np.ndarray, fg: tuple[int, int, int], bg: tu
     img = bg * (1 - alpha[..., None]) + fg * alpha[..., None]
     img += rng.normal(0.0, 6.0, size=img.shape).astype(np.float32)
     return np.clip(np.rint(img), 0, 255).astype(np.uint8)
+
+
+SYMBOLS = {"at sign": "@", "hash sign": "#", "dollar sign": "$", "percent sign": "%", "ampersand": "&",
+           "question mark": "?", "exclamation mark": "!", "asterisk": "*"}
+
+
+def render_symbol(size: int, symbol: str, fg: tuple[int, int, int], bg: tuple[int, int, int],
+                  rng: np.random.Generator) -> np.ndarray:
+    """Render a typographic symbol with Pillow's bundled font, at a random size, place and tilt."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    n = size * SUPERSAMPLE
+    font = ImageFont.load_default(size=int(n * rng.uniform(0.55, 0.8)))
+    layer = Image.new("L", (n, n))
+    cx, cy = rng.uniform(0.4, 0.6, size=2) * n
+    ImageDraw.Draw(layer).text((cx, cy), symbol, font=font, fill=255, anchor="mm")
+    layer = layer.rotate(float(rng.uniform(-20, 20)), resample=Image.BILINEAR, center=(cx, cy))
+    alpha = np.asarray(layer, dtype=np.float32)[..., None] / 255.0
+    canvas = np.asarray(bg, dtype=np.float32) * (1 - alpha) + np.asarray(fg, dtype=np.float32) * alpha
+    canvas += rng.normal(0.0, 6.0, size=canvas.shape).astype(np.float32)
+    return _downsample(canvas)
