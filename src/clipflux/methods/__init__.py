@@ -1,6 +1,21 @@
 """Update methods, registered by name. Each method lives in its own module, imported here explicitly."""
 
-from clipflux.methods import finetune  # noqa: F401  (registers "finetune")
+from clipflux.methods import (  # noqa: F401  (each import registers its method)
+    bitfit,
+    dora,
+    ema,
+    ewc,
+    finetune,
+    lnfit,
+    locked_image,
+    locked_text,
+    lora,
+    lwf,
+    paint,
+    patching,
+    si,
+    vera,
+)
 from clipflux.methods.base import REGISTRY, Method, TaskContext, method_params, register
 
 __all__ = ["REGISTRY", "Method", "TaskContext", "build_method", "method_params", "register"]

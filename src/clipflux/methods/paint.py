@@ -1,0 +1,104 @@
+"""Continual model merging: merge each task's finetuned weights into a running merge (FiF's `*_paint`).
+
+Fomo-in-Flux (Roth, Udandarao et al., NeurIPS 2024 D&B, arXiv 2408.14471; `continual_lib/ema_paint.py`)
+after PAINT (Ilharco et al., "Patching open-vocabulary models by interpolating weights", NeurIPS 2022,
+arXiv 2208.05592). The running merge starts as the zero-shot model; after task t it becomes
+
+    merged_t = operator(finetuned_t, merged_{t-1}; base = zero-shot)
+
+which is exactly FiF's "unrolled" merge over its stored checkpoints, kept online. `train_from` picks the
+weights each next task starts from: the running merge (FiF's `ema_paint`), the previous task's finetuned
+weights (training continues as in finetuning; merging only changes what is evaluated), or the zero-shot
+weights (each task trained independently, then merged). The merge is what is evaluated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from clipflux.config import ConfigError
+from clipflux.methods import merging
+from clipflux.methods.base import Method, TaskContext, register
+from clipflux.methods.weights import StateDict, clone_tensors, load_weights_, snapshot, with_weights
+
+
+@dataclass(frozen=True)
+class PaintParams:
+    """Hyperparameters of continual merging.
+
+    Attributes:
+        train_from: "merged", "finetuned" or "zeroshot": the weights each task after the first starts from.
+        operator: "interpolation", "slerp", "task_arithmetic", "ties" or "dare_ties".
+        alpha: interpolation and slerp: the weight of the newly finetuned model (FiF's default mean: 0.5).
+        scale: task arithmetic, TIES, DARE-TIES: the factor on the merged task vector (FiF: 1.0).
+        density: TIES: fraction of each task vector kept by magnitude; DARE-TIES: probability of keeping an
+            entry (FiF's `prune_percentile` is 1 - density; its default 0.7 is density 0.3).
+        seed: DARE's random drops (one generator per task, derived from (seed, task)).
+    """
+
+    train_from: Literal["merged", "finetuned", "zeroshot"]
+    operator: merging.Operator
+    alpha: float
+    scale: float
+    density: float
+    seed: int
+
+    def validate(self, path: str) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"{path}.alpha: must be in [0, 1], got {self.alpha}")
+        if not 0.0 < self.density <= 1.0:
+            raise ConfigError(f"{path}.density: must be in (0, 1], got {self.density}")
+
+
+def merge_into(params: PaintParams, merged: StateDict, finetuned: StateDict, zeroshot: StateDict,
+               task: int) -> StateDict:
+    """One continual merge step with the configured operator."""
+    op = params.operator
+    if op == "interpolation":
+        return merging.interpolate(merged, finetuned, params.alpha)
+    if op == "slerp":
+        return merging.slerp(merged, finetuned, params.alpha)
+    if op == "task_arithmetic":
+        return merging.task_arithmetic([finetuned, merged], zeroshot, params.scale)
+    if op == "ties":
+        return merging.ties([finetuned, merged], zeroshot, params.density, params.scale)
+    seed = int(np.random.SeedSequence([params.seed, task]).generate_state(1)[0])
+    generator = torch.Generator().manual_seed(seed)
+    return merging.dare_ties([finetuned, merged], zeroshot, params.density, params.scale, generator)
+
+
+@register("paint")
+class Paint(Method):
+    """Train each task with the CLIP loss, then merge it into the running merge, which is evaluated."""
+
+    Params = PaintParams
+
+    def setup(self, model: torch.nn.Module) -> None:
+        super().setup(model)
+        self.zeroshot = snapshot(model)
+        self.merged = snapshot(model)
+        self.merges = 0
+
+    def begin_task(self, task: TaskContext) -> None:
+        if task.index == 0 or self.params.train_from == "finetuned":
+            return
+        load_weights_(self.model, self.merged if self.params.train_from == "merged" else self.zeroshot)
+
+    def end_task(self, task: TaskContext) -> None:
+        self.merged = merge_into(self.params, self.merged, snapshot(self.model), self.zeroshot, task.index)
+        self.merges += 1
+
+    def eval_model(self) -> torch.nn.Module:
+        return with_weights(self.model, self.merged)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"zeroshot": clone_tensors(self.zeroshot), "merged": clone_tensors(self.merged),
+                "merges": self.merges}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.zeroshot, self.merged = clone_tensors(state["zeroshot"]), clone_tensors(state["merged"])
+        self.merges = state["merges"]

@@ -1,0 +1,61 @@
+"""Which parameters belong to which tower and block of an open_clip CLIP, and methods that train a subset.
+
+In open_clip's `CLIP`, the image tower lives under `visual.`; `logit_scale` (and `logit_bias`) are shared by
+both towers; everything else (token embedding, text transformer, `ln_final`, `text_projection`) is the text
+tower. Parameter-selective methods freeze everything but a named subset, so no gradient is ever computed
+for the rest.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from clipflux.methods.base import Method
+
+Tower = Literal["image", "text"]
+SHARED = ("logit_scale", "logit_bias")
+
+
+def tower_of(name: str) -> Tower | None:
+    """The tower a parameter name belongs to, or None for the shared temperature (and bias)."""
+    if name in SHARED:
+        return None
+    return "image" if name.startswith("visual.") else "text"
+
+
+def transformer_of(model: torch.nn.Module, tower: Tower) -> torch.nn.Module:
+    """The residual transformer of a tower (`model.visual.transformer` or `model.transformer`)."""
+    if tower == "image":
+        return model.visual.transformer
+    return model.text.transformer if hasattr(model, "text") else model.transformer
+
+
+def resblocks(model: torch.nn.Module, tower: Tower, indices: list[int]) -> list[torch.nn.Module]:
+    """The residual blocks of a tower with the given indices (all of them when `indices` is empty).
+
+    Raises:
+        ValueError: an index is outside the tower's depth.
+    """
+    blocks = list(transformer_of(model, tower).resblocks)
+    bad = [i for i in indices if not -len(blocks) <= i < len(blocks)]
+    if bad:
+        raise ValueError(f"{tower} tower has {len(blocks)} blocks; block indices {bad} do not exist")
+    return [blocks[i] for i in indices] if indices else blocks
+
+
+class SelectiveTuning(Method):
+    """Train only the parameters that `selects(name)` accepts; freeze all others (`requires_grad=False`)."""
+
+    def selects(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def setup(self, model: torch.nn.Module) -> None:
+        super().setup(model)
+        chosen = 0
+        for name, param in model.named_parameters():
+            param.requires_grad_(self.selects(name))
+            chosen += param.requires_grad
+        if not chosen:
+            raise ValueError(f"method {self.name!r} selects no parameter of this model")
