@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import math
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -13,8 +11,9 @@ import yaml
 from clipflux.config import ConfigError, MixtureConfig, ModelConfig, OptimConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
-from clipflux.methods import REGISTRY, TaskContext, build_method
+from clipflux.methods import REGISTRY, TaskContext, build_method, merging
 from clipflux.methods.adapters import merged_state_dict
+from clipflux.methods.base import clip_loss
 from clipflux.methods.lwf import similarity_kl
 from clipflux.methods.weights import snapshot
 from clipflux.models import create_model, state_sha256
@@ -112,3 +111,243 @@ def test_every_method_resumes_bit_identically_mid_task(name, tiny_shards, tmp_pa
     assert min(s for _, _, s in resumed_log) == STEPS + 2  # it did resume mid-task
     merged = {(k, s): v for k, v, s in seen + resumed_log}
     assert merged == {(k, s): v for k, v, s in reference["log"]}
+
+
+def _selected_by_name(name: str, parameter: str) -> bool:
+    """What each selective method must train, written out independently of its implementation."""
+    image = parameter.startswith("visual.")
+    return {
+        "locked_image": not image,
+        "locked_text": image or parameter == "logit_scale",
+        "bitfit": parameter.endswith("bias"),
+        "lnfit": ".ln_" in f".{parameter}",
+    }[name]
+
+
+@pytest.mark.parametrize("name", ["locked_image", "locked_text", "bitfit", "lnfit"])
+def test_selective_methods_change_exactly_the_parameters_they_select(name, tiny_shards, tmp_path_factory):
+    run = _reference(name, tiny_shards, tmp_path_factory)
+    expected = {n for n in run["before"] if _selected_by_name(name, n)}
+    assert expected and _changed(run) == expected
+
+
+# -- adapters ------------------------------------------------------------------------------------------
+
+
+def _batch(tokenizer, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    captions = ["a red circle", "two small squares", "a hexagon on blue", "the digit 7"] * (n // 4 + 1)
+    return {"images": torch.randn(n, 3, 32, 32, generator=g), "texts": tokenizer(captions[:n])}
+
+
+def _perturb_trainable(model: torch.nn.Module, scale: float = 0.05) -> None:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(scale * torch.randn(p.shape, generator=g))
+
+
+def _adapter(name: str, **overrides) -> tuple[torch.nn.Module, object, object]:
+    model, tokenizer = _model()
+    method = build_method(name, dict(PARAMS[name], **overrides))
+    method.setup(model)
+    return model, tokenizer, method
+
+
+@pytest.mark.parametrize("kv_only", [False, True])
+@pytest.mark.parametrize("name", ["lora", "dora", "vera"])
+def test_merged_adapters_give_the_same_outputs_as_the_adapted_model(name, kv_only):
+    model, tokenizer, method = _adapter(name, kv_only=kv_only)
+    plain, _ = _model()
+    batch = _batch(tokenizer)
+    model.eval(), plain.eval()
+    with torch.no_grad():  # at the start, adapters are the identity
+        for a, b in zip(model(batch["images"], batch["texts"])[:2], plain(batch["images"], batch["texts"])[:2]):
+            assert torch.allclose(a, b, atol=1e-6)
+    _perturb_trainable(model)
+    merged = method.eval_model().eval()
+    assert not any(".parametrizations." in k for k in merged.state_dict())
+    with torch.no_grad():
+        adapted = model(batch["images"], batch["texts"])
+        for a, b in zip(adapted[:2], merged(batch["images"], batch["texts"])[:2]):
+            assert torch.allclose(a, b, atol=1e-5)
+        assert not torch.allclose(adapted[0], plain(batch["images"], batch["texts"])[0], atol=1e-4)
+
+
+def test_kv_only_adapts_keys_and_values_of_the_chosen_blocks_only():
+    model, _, method = _adapter("lora", kv_only=True, towers=["image"], image_blocks=[1, 3])
+    base = snapshot(model)
+    _perturb_trainable(model)
+    merged = merged_state_dict(model)
+    width = 128
+    changed = {k for k in merged if not torch.equal(merged[k], base.get(k, base.get(k.replace(
+        "in_proj_weight", "parametrizations.in_proj_weight.original"), merged[k])))}
+    assert changed == {f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in (1, 3)}
+    for i in (1, 3):
+        w = merged[f"visual.transformer.resblocks.{i}.attn.in_proj_weight"]
+        original = base[f"visual.transformer.resblocks.{i}.attn.parametrizations.in_proj_weight.original"]
+        assert torch.equal(w[:width], original[:width])  # queries untouched
+        assert not torch.equal(w[width:2 * width], original[width:2 * width])
+        assert not torch.equal(w[2 * width:], original[2 * width:])
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == {
+        f"visual.transformer.resblocks.{i}.attn.parametrizations.in_proj_weight.0.adapters.{j}.{ab}"
+        for i in (1, 3) for j in (0, 1) for ab in ("lora_A", "lora_B")}
+
+
+def test_adapter_blocks_out_of_range_are_refused():
+    with pytest.raises(ValueError, match="4 blocks"):
+        _adapter("lora", text_blocks=[4])
+    with pytest.raises(ConfigError, match="rank"):
+        build_method("lora", dict(PARAMS["lora"], rank=0))
+    with pytest.raises(ConfigError, match="unknown key"):
+        build_method("vera", dict(PARAMS["vera"], alpha=2))
+
+
+# -- regularisers --------------------------------------------------------------------------------------
+
+
+def _context(tokenizer, index: int = 0, batches: int = 2) -> TaskContext:
+    return TaskContext(index, 2, batches, lambda n: (_batch(tokenizer, seed=s) for s in range(n)))
+
+
+def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically_away_from_it():
+    model, tokenizer = _model()
+    method = build_method("ewc", PARAMS["ewc"])
+    method.setup(model)
+    assert method.penalty().item() == 0.0
+    method.end_task(_context(tokenizer))
+    assert all((f >= 0).all() for f in method.fisher.values()) and any(f.sum() > 0 for f in method.fisher.values())
+    assert method.penalty().item() == 0.0
+    direction = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    penalties = []
+    for step in (1e-3, 2e-3):
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                p.copy_(method.anchor[n] + step * direction[n])
+        penalties.append(method.penalty().item())
+    assert 0 < penalties[0] < penalties[1] and penalties[1] == pytest.approx(4 * penalties[0], rel=1e-3)
+    fisher = {n: f.clone() for n, f in method.fisher.items()}
+    method.end_task(_context(tokenizer))  # online: F <- gamma * F + F_new, a new anchor
+    assert all((method.fisher[n] >= fisher[n] * PARAMS["ewc"]["gamma"] - 1e-12).all() for n in fisher)
+    assert method.penalty().item() == 0.0
+
+
+def test_si_accumulates_the_path_integral_and_penalises_moving_important_parameters():
+    model, tokenizer = _model()
+    method = build_method("si", PARAMS["si"])
+    method.setup(model)
+    method.begin_task(_context(tokenizer))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    for seed in range(2):
+        batch = _batch(tokenizer, seed=seed)
+        loss = method.loss(batch, model(batch["images"], batch["texts"]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        method.after_step()
+    # With plain SGD, -g * delta = lr * g^2 >= 0 (FiF's form of the path integral).
+    assert all((w >= -1e-12).all() for w in method.path.values())
+    method.end_task(_context(tokenizer))
+    assert all((o >= 0).all() for o in method.importance.values())
+    assert method.penalty().item() == 0.0
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    assert method.penalty().item() > 0
+
+
+def test_lwf_distillation_is_zero_against_itself_and_positive_after_a_change():
+    logits = torch.randn(4, 4)
+    assert similarity_kl(logits, logits, 1.0).item() == pytest.approx(0.0, abs=1e-7)
+    assert similarity_kl(logits + torch.randn(4, 4), logits, 2.0).item() > 0
+    model, tokenizer = _model()
+    method = build_method("lwf", PARAMS["lwf"])
+    method.setup(model)
+    method.begin_task(_context(tokenizer))
+    batch = _batch(tokenizer)
+    model.eval()
+    out = model(batch["images"], batch["texts"])
+    assert method.loss(batch, out).item() == pytest.approx(clip_loss(out).item(), abs=1e-6)
+    _perturb_trainable(model, 0.02)
+    out = model(batch["images"], batch["texts"])
+    assert method.loss(batch, out).item() > clip_loss(out).item()
+
+
+# -- weight averages and merges -----------------------------------------------------------------------
+
+
+def test_ema_is_the_exponential_average_of_the_weights_after_each_step():
+    model, _ = _model()
+    method = build_method("ema", {"decay": 0.9})
+    method.setup(model)
+    start = snapshot(model)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    method.after_step()
+    ema = method.eval_model().state_dict()
+    for n, value in model.state_dict().items():
+        assert torch.allclose(ema[n], 0.9 * start[n] + 0.1 * value, atol=1e-6)
+
+
+def _train_like(model: torch.nn.Module, amount: float) -> None:
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(amount)
+
+
+@pytest.mark.parametrize("train_from", ["merged", "finetuned", "zeroshot"])
+def test_paint_merges_after_every_task_and_trains_from_the_chosen_weights(train_from):
+    model, tokenizer = _model()
+    method = build_method("paint", dict(PARAMS["paint"], train_from=train_from, operator="interpolation", alpha=0.5))
+    method.setup(model)
+    zeroshot = snapshot(model)
+    key = "visual.proj"
+    method.begin_task(_context(tokenizer, 0))
+    _train_like(model, 1.0)  # task 1: zs + 1
+    method.end_task(_context(tokenizer, 0))
+    assert torch.allclose(method.merged[key], zeroshot[key] + 0.5)  # merged with the zero-shot model
+    assert torch.allclose(method.eval_model().state_dict()[key], zeroshot[key] + 0.5)
+    method.begin_task(_context(tokenizer, 1))
+    start = {"merged": 0.5, "finetuned": 1.0, "zeroshot": 0.0}[train_from]
+    assert torch.allclose(model.state_dict()[key], zeroshot[key] + start)
+    _train_like(model, 1.0)
+    method.end_task(_context(tokenizer, 1))
+    # merged_2 = (merged_1 + finetuned_2) / 2, FiF's unrolled merge
+    assert torch.allclose(method.merged[key], zeroshot[key] + (0.5 + start + 1.0) / 2)
+    state = method.state_dict()
+    assert state["merges"] == 2
+    state["merged"][key].add_(100.0)  # a saved state is a copy, not the live tensors
+    assert torch.allclose(method.merged[key], zeroshot[key] + (0.5 + start + 1.0) / 2)
+
+
+@pytest.mark.parametrize("operator", ["slerp", "task_arithmetic", "ties", "dare_ties"])
+def test_paint_runs_every_operator_from_the_zero_shot_base(operator):
+    model, tokenizer = _model()
+    method = build_method("paint", dict(PARAMS["paint"], operator=operator, density=1.0, scale=1.0))
+    method.setup(model)
+    zeroshot = snapshot(model)
+    _train_like(model, 0.1)
+    method.end_task(_context(tokenizer, 0))
+    merged = method.merged["visual.proj"]
+    if operator == "slerp":  # halfway along the arc from the zero-shot to the finetuned weights
+        expected = merging.slerp(zeroshot, snapshot(model), 0.5)["visual.proj"]
+        assert torch.allclose(merged, expected) and not torch.allclose(merged, zeroshot["visual.proj"])
+    else:  # the first merge of a task vector with the zero-shot model (task vector 0) is the task vector
+        assert torch.allclose(merged, zeroshot["visual.proj"] + 0.1, atol=1e-6)
+
+
+def test_patching_starts_from_the_first_model_then_interpolates_with_the_previous_patch():
+    model, tokenizer = _model()
+    method = build_method("patching", {"alpha": 0.25})
+    method.setup(model)
+    base = snapshot(model)["visual.proj"]
+    method.begin_task(_context(tokenizer, 0))
+    _train_like(model, 1.0)
+    method.end_task(_context(tokenizer, 0))
+    assert torch.allclose(method.patched["visual.proj"], base + 1.0)
+    method.begin_task(_context(tokenizer, 1))
+    _train_like(model, 1.0)  # trained_2 = patched_1 + 1
+    method.end_task(_context(tokenizer, 1))
+    assert torch.allclose(method.patched["visual.proj"], base + 0.75 * 1.0 + 0.25 * 2.0)
