@@ -22,7 +22,6 @@ in_proj: one each for q, k, v, or only k and v). An adapter maps the frozen rows
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 from typing import Callable
@@ -33,6 +32,7 @@ from torch.nn.utils import parametrize
 from clipflux.config import ConfigError
 from clipflux.methods.base import Method
 from clipflux.methods.select import SHARED, Tower, resblocks
+from clipflux.methods.weights import copy_model
 
 
 class LoRADelta(torch.nn.Module):
@@ -136,7 +136,8 @@ def attach(found: list[Target], factory: AdapterFactory) -> None:
     for target in found:
         weight = getattr(target.module, target.attr)
         adapters = [factory(stop - start, weight.shape[1], weight[start:stop]) for start, stop in target.ranges]
-        parametrize.register_parametrization(target.module, target.attr, Adapted(target.ranges, adapters))
+        adapted = Adapted(target.ranges, adapters).to(weight.device, weight.dtype)
+        parametrize.register_parametrization(target.module, target.attr, adapted)
         getattr(target.module.parametrizations, target.attr).original.requires_grad_(False)
 
 
@@ -199,7 +200,7 @@ class AdapterMethod(Method):
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
-        self._plain = copy.deepcopy(model)  # an unadapted shell to hold merged weights
+        self._plain = copy_model(model)  # an unadapted shell to hold merged weights
         for name, param in model.named_parameters():
             param.requires_grad_(self.params.tune_logit_scale and name in SHARED)
         p = self.params
@@ -207,6 +208,6 @@ class AdapterMethod(Method):
         attach(found, self.factory(found, torch.Generator().manual_seed(p.seed)))
 
     def eval_model(self) -> torch.nn.Module:
-        merged = copy.deepcopy(self._plain)
+        merged = copy_model(self._plain)
         merged.load_state_dict(merged_state_dict(self.model))
         return merged

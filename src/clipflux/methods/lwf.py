@@ -13,7 +13,6 @@ where P are the row-wise softmaxes of the similarity logits divided by the tempe
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 
 from clipflux.config import ConfigError
 from clipflux.methods.base import Method, TaskContext, clip_loss, register
-from clipflux.methods.weights import clone_tensors, snapshot
+from clipflux.methods.weights import clone_tensors, snapshot, with_weights
 
 
 @dataclass(frozen=True)
@@ -63,8 +62,7 @@ class LwF(Method):
         self.teacher: torch.nn.Module | None = None
 
     def _freeze_copy(self, state: dict[str, torch.Tensor]) -> torch.nn.Module:
-        teacher = copy.deepcopy(self.model)
-        teacher.load_state_dict(state)
+        teacher = with_weights(self.model, state)
         teacher.eval().requires_grad_(False)
         return teacher
 

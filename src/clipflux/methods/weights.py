@@ -19,9 +19,17 @@ def snapshot(model: torch.nn.Module) -> StateDict:
     return {name: value.detach().clone() for name, value in model.state_dict().items()}
 
 
+def copy_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A deep copy of the model without its gradients (deepcopy would copy `.grad` too)."""
+    copied = copy.deepcopy(model)
+    for param in copied.parameters():
+        param.grad = None
+    return copied
+
+
 def with_weights(model: torch.nn.Module, state: StateDict) -> torch.nn.Module:
     """A copy of `model` holding the weights `state` (the model itself is left as it is)."""
-    copied = copy.deepcopy(model)
+    copied = copy_model(model)
     copied.load_state_dict(state)
     return copied
 
