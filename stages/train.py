@@ -54,12 +54,14 @@ def main() -> None:
         "method_params": dataclasses.asdict(method.params),
         "stream": exp.stream,
         "mixture": dataclasses.asdict(exp.mixture),
+        "buffer": dataclasses.asdict(exp.buffer),
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(params.model),
         "steps_per_task": steps,
         "num_tasks": len(tasks),
     }
-    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers)
+    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers,
+                exp.buffer)
     model, tokenizer = create_model(params.model)
     load_weights(model, args.base)
     kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task

@@ -45,7 +45,48 @@ def test_buffer_keeps_every_earlier_sample():
     buffer = Buffer()
     buffer.add_task(np.array([[0, 1], [0, 2]]))
     buffer.add_task(np.array([[1, 5]]))
-    assert buffer.items().tolist() == [[0, 1], [0, 2], [1, 5]]
+    assert sorted(buffer.items().tolist()) == [[0, 1], [0, 2], [1, 5]]
     restored = Buffer()
     restored.load_state_dict(buffer.state_dict())
     assert np.array_equal(restored.items(), buffer.items())
+
+
+def _filled(policy: str, capacity: int, sizes: list[int]) -> Buffer:
+    buffer = Buffer(policy, capacity, seed=1)
+    for t, n in enumerate(sizes):
+        buffer.add_task(np.stack([np.full(n, t), np.arange(n)], axis=1))
+    return buffer
+
+
+def test_cumulative_exp_halves_old_data_every_step():
+    held = _filled("exp", 800, [1000, 1000, 1000, 1000]).held()
+    assert [len(h) for h in held] == [100, 100, 200, 400]  # newest D/2, then D/4, D/8, the rest
+    assert [len(h) for h in _filled("exp", 800, [1000]).held()] == [800]
+
+
+def test_cumulative_equal_splits_the_buffer_over_past_steps():
+    assert [len(h) for h in _filled("equal", 900, [1000, 1000, 1000]).held()] == [300, 300, 300]
+    assert [len(h) for h in _filled("equal", 10, [1000, 2, 1000]).held()] == [3, 2, 4]  # capped by size
+
+
+def test_none_and_all():
+    assert len(_filled("none", 0, [5, 5]).items()) == 0
+    assert len(_filled("all", 0, [5, 7]).items()) == 12
+
+
+@given(st.sampled_from(["reservoir", "exp", "equal"]), st.integers(1, 300), st.lists(st.integers(0, 200), max_size=6))
+def test_bounded_buffers_never_exceed_capacity_and_keep_subsets(policy, capacity, sizes):
+    buffer = _filled(policy, capacity, sizes)
+    items = buffer.items()
+    assert len(items) <= capacity
+    assert len({tuple(i) for i in items.tolist()}) == len(items)  # no sample twice
+    if sum(sizes) >= capacity and policy in ("reservoir", "exp"):
+        assert len(items) == capacity or policy == "exp"
+    for t, held in enumerate(buffer.held()):
+        assert (held[:, 0] == t).all()
+
+
+def test_shrinking_shares_keep_a_subset_of_what_was_kept():
+    two = {tuple(i) for i in _filled("exp", 100, [500, 500]).held()[0].tolist()}
+    three = {tuple(i) for i in _filled("exp", 100, [500, 500, 500]).held()[0].tolist()}
+    assert three <= two and len(three) < len(two)

@@ -125,7 +125,7 @@ def _kill_and_resume(root: Path, method: str, fault: str, name: str) -> None:
         assert _series(resumed_run["metrics"]) == series
         return
     assert str(origin["run_id"]) == str(killed_run["id"])
-    resume_step = origin["task"] * STEPS + origin["step"]
+    resume_step = origin["global_step"]
     combined = _series(killed_run["metrics"], below=resume_step) | _series(resumed_run["metrics"])
     assert combined == series
     assert min(s for _, s in _series(resumed_run["metrics"])) == resume_step  # nothing logged twice

@@ -134,12 +134,26 @@ class StreamConfig:
 
 
 @dataclass(frozen=True)
+class BufferConfig:
+    """The replay buffer: which past samples are kept (see `clipflux.replay.allocation`)."""
+
+    policy: Literal["all", "none", "reservoir", "exp", "equal"] = "all"
+    size: int = 0
+
+    def validate(self, path: str) -> None:
+        _non_negative(self, path, "size")
+        if self.policy in ("reservoir", "exp", "equal") and self.size <= 0:
+            raise ConfigError(f"{path}.size: policy {self.policy!r} needs a buffer size > 0, got {self.size}")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
-    """One run of the study: an update method on a stream with a data mixture."""
+    """One run of the study: an update method on a stream with a data mixture and a replay buffer."""
 
     method: str
     stream: str
     mixture: MixtureConfig
+    buffer: BufferConfig = BufferConfig()
 
 
 @dataclass(frozen=True)
@@ -303,6 +317,7 @@ def _type_name(tp: Any) -> str:
 
 
 __all__ = [
+    "BufferConfig",
     "ConfigError",
     "EvaluateConfig",
     "ExperimentConfig",

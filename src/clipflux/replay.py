@@ -48,19 +48,75 @@ def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source:
     return out
 
 
-class Buffer:
-    """A replay buffer of earlier tasks' samples. Policy "all" keeps every sample (FiF's default)."""
+POLICIES = ("all", "none", "reservoir", "exp", "equal")
 
-    def __init__(self) -> None:
+
+def allocation(policy: str, capacity: int, sizes: list[int]) -> list[int]:
+    """How many samples of each past task (oldest first) the buffer holds.
+
+    - "all": everything (FiF's default; TiC's Cumulative-All).
+    - "none": nothing (TiC's Sequential).
+    - "equal": the capacity split equally over past tasks (TiC's Cumulative-Equal; remainder to the newest).
+    - "exp": the newest past task gets half the capacity, the one before a quarter, ... and the oldest what
+      is left, so old data halves at every step (TiC's Cumulative-Exp).
+    - "reservoir": not per task (see `Buffer`); returned as "all" here.
+    Every count is capped by the task's size.
+    """
+    n = len(sizes)
+    if policy in ("all", "reservoir") or n == 0:
+        return list(sizes)
+    if policy == "none":
+        return [0] * n
+    if policy == "equal":
+        base, extra = divmod(capacity, n)
+        shares = [base + (1 if t >= n - extra else 0) for t in range(n)]
+    elif policy == "exp":
+        shares = [capacity >> (n - t) for t in range(n)]  # newest: D/2, then D/4, ...
+        shares[0] = capacity - sum(shares[1:])  # the oldest takes the rest, so the total is D
+    else:
+        raise ValueError(f"buffer policy {policy!r}: choose one of {POLICIES}")
+    return [min(share, size) for share, size in zip(shares, sizes)]
+
+
+class Buffer:
+    """A replay buffer of earlier tasks' samples under a policy (see `allocation`).
+
+    Each past task's samples are kept in a fixed seeded order, and a policy keeps a prefix of it, so
+    shrinking a task's share keeps a subset of what was kept before. "reservoir" keeps a uniform sample of
+    `capacity` items over all past data: every item gets a seeded random key and the smallest keys stay
+    (bottom-k sampling, which draws from the same distribution as reservoir sampling).
+
+    Args:
+        policy: one of `POLICIES`.
+        capacity: the buffer size D (ignored by "all" and "none").
+        seed: derives each task's order, with the task index.
+    """
+
+    def __init__(self, policy: str = "all", capacity: int = 0, seed: int = 0) -> None:
+        if policy not in POLICIES:
+            raise ValueError(f"buffer policy {policy!r}: choose one of {POLICIES}")
+        self.policy, self.capacity, self.seed = policy, capacity, seed
         self.per_task: list[np.ndarray] = []
 
     def add_task(self, items: np.ndarray) -> None:
-        """Add the samples of a finished task."""
-        self.per_task.append(np.asarray(items))
+        """Add the samples of a finished task (in the task's own seeded order)."""
+        order = np.random.default_rng([self.seed, len(self.per_task), 7919]).permutation(len(items))
+        self.per_task.append(np.asarray(items)[order])
+
+    def held(self) -> list[np.ndarray]:
+        """The items held from each past task, oldest first."""
+        if self.policy == "reservoir":
+            keys = [np.random.default_rng([self.seed, t, 104729]).random(len(a)) for t, a in enumerate(self.per_task)]
+            flat = np.concatenate(keys) if keys else np.empty(0)
+            cut = np.sort(flat)[self.capacity - 1] if 0 < self.capacity < len(flat) else np.inf
+            return [a[k <= cut] for a, k in zip(self.per_task, keys)]
+        counts = allocation(self.policy, self.capacity, [len(a) for a in self.per_task])
+        return [a[:k] for a, k in zip(self.per_task, counts)]
 
     def items(self) -> np.ndarray:
         """Every item the buffer holds now."""
-        return np.concatenate(self.per_task) if self.per_task else np.empty((0, 2), dtype=np.int64)
+        held = self.held()
+        return np.concatenate(held) if held else np.empty((0, 2), dtype=np.int64)
 
     def state_dict(self) -> dict:
         return {"per_task": [a.copy() for a in self.per_task]}

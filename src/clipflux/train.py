@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from clipflux import checkpoint, faults
-from clipflux.config import MixtureConfig, OptimConfig
+from clipflux.config import BufferConfig, MixtureConfig, OptimConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
 from clipflux.methods import Method, TaskContext
@@ -37,6 +37,7 @@ class Loop:
     checkpoint_every: int
     keep_checkpoints: int = 2
     workers: int = 0
+    buffer: BufferConfig = BufferConfig()
 
 
 def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
@@ -78,7 +79,8 @@ class Trainer:
         self.ckpt_dir, self.log_scalar, self.fingerprint = Path(ckpt_dir), log_scalar, fingerprint
         self.run_id, self.flush = run_id, flush
         self.resumed_from: dict[str, Any] | None = None
-        self.buffer = Buffer()
+        policy, size = method.buffer_policy() or (loop.buffer.policy, loop.buffer.size)
+        self.buffer = Buffer(policy, size, loop.seed)
         self.method.setup(model)
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -114,7 +116,8 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         task, step = state["task"], state["step"]
-        self.resumed_from = {"run_id": state["run_id"], "task": task, "step": step}
+        self.resumed_from = {"run_id": state["run_id"], "task": task, "step": step,
+                             "global_step": self._offset(task) + step}
         if step > 0:  # mid-task: the optimizer of this task exists already
             self._new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])
@@ -163,15 +166,25 @@ class Trainer:
             self._save(task + 1, 0)
             start_step = 0
 
+    def steps(self, task: int) -> int:
+        """Optimizer steps of `task` (the method may scale the per-task budget, as TiC's Oracle does)."""
+        return self.method.steps_for_task(task, self.loop.steps_per_task)
+
+    def _offset(self, task: int) -> int:
+        return sum(self.steps(t) for t in range(task))
+
     def _batches(self, task: int, steps: int, purpose: int = 0) -> StepBatches:
         buffer_items = self.buffer.items()
+        new = self.tasks[task]
+        if self.method.data_mode == "union":  # TiC's cumulative regimes: new and replayed data as one pool
+            new, buffer_items = np.concatenate([new, buffer_items]), buffer_items[:0]
         counts = split_batch(self.loop.optim.batch_size, self.loop.mixture, len(buffer_items), len(self.pool))
-        sources = {"update": self.tasks[task], "buffer": buffer_items, "pretraining": self.pool}
+        sources = {"update": new, "buffer": buffer_items, "pretraining": self.pool}
         return StepBatches(self.readers, sources, counts, self.loop.seed, task, steps, self.tokenizer,
                            image_size(self.model), purpose)
 
     def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
-        batches = self._batches(task, self.loop.steps_per_task)
+        batches = self._batches(task, self.steps(task))
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, len(batches)),
                                            num_workers=self.loop.workers)
 
@@ -181,10 +194,10 @@ class Trainer:
             extra = self._batches(task, n, purpose=1)
             return (extra[step] for step in range(n))
 
-        return TaskContext(task, len(self.tasks), self.loop.steps_per_task, batches)
+        return TaskContext(task, len(self.tasks), self.steps(task), batches)
 
     def _train_task(self, task: int, start_step: int) -> None:
-        steps = self.loop.steps_per_task
+        steps, offset = self.steps(task), self._offset(task)
         self.model.train()
         bar = tqdm(self._loader(task, start_step), total=steps, initial=start_step,
                    desc=f"task {task + 1}/{len(self.tasks)}", unit="step", mininterval=5.0)
@@ -205,7 +218,7 @@ class Trainer:
                 self.model.logit_scale.clamp_(0, math.log(100))
             self.method.after_step()
             # 3) log and checkpoint
-            global_step = task * steps + step
+            global_step = offset + step
             self.log_scalar("train/loss", loss.item(), global_step)
             self.log_scalar("train/lr", lr, global_step)
             bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)

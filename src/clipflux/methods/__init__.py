@@ -14,6 +14,7 @@ from clipflux.methods import (  # noqa: F401  (each import registers its method)
     paint,
     patching,
     si,
+    tic_regimes,
     vera,
 )
 from clipflux.methods.base import REGISTRY, Method, TaskContext, method_params, register

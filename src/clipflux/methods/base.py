@@ -73,6 +73,18 @@ class Method:
 
     name: ClassVar[str] = ""
     Params: ClassVar[type] = NoParams
+    # How a task's batches are drawn (read by the trainer): "mixture" = the experiment's FiF mixture of
+    # update / buffer / pretraining shares; "union" = TiC's cumulative regimes, uniformly over the new data
+    # and the replay buffer together.
+    data_mode: ClassVar[str] = "mixture"
+
+    def steps_for_task(self, task: int, steps: int) -> int:
+        """Optimizer steps for task `task` given the per-task budget `steps` (TiC's Oracle takes (t+1) x)."""
+        return steps
+
+    def buffer_policy(self) -> tuple[str, int] | None:
+        """(policy, capacity) of the replay buffer this method needs, or None for the experiment's own."""
+        return None
 
     def __init__(self, params: Any):
         self.params = params
