@@ -83,11 +83,11 @@ def test_time_ordered_world_drifts_appears_and_fades():
     assert last - first and first - last  # concepts appear and fade
     _, records = generate(WORLD["tic"], "train", 30, 32, 0)
     for r in records:
-        step = r["meta"]["step"]
+        step = r["meta"]["time_step"]
         assert r["label"] == step and r["meta"]["concept"] in tic.concepts(step)
         assert r["meta"]["style"] in tic.STYLES[step]
         assert (r["meta"]["timestamp"] in tic.FIRST_YEARS) if step == 0 else r["meta"]["timestamp"] == int(tic.STEPS[step])
-    styles = [{r["meta"]["style"] for r in records if r["meta"]["step"] == t} for t in (0, len(tic.STEPS) - 1)]
+    styles = [{r["meta"]["style"] for r in records if r["meta"]["time_step"] == t} for t in (0, len(tic.STEPS) - 1)]
     assert not styles[0] & styles[1]  # the look of the first and the last step share nothing
 
 
@@ -101,3 +101,13 @@ def test_spatial_and_counting_labels_match_the_layout():
         (ry, rx), (by, bx) = red.mean(0), blue.mean(0)
         relation = r["classname"]
         assert {"left of": rx < bx, "right of": rx > bx, "above": ry < by, "below": ry > by}[relation]
+
+
+def test_dynamic_evaluation_draws_concepts_only_where_they_live():
+    from clipflux.data import tic
+
+    _, records = generate(WORLD["tic_cls"], "test", 6, 32, 0)
+    for r in records:
+        assert r["meta"]["concept"] == r["classname"] in tic.concepts(r["meta"]["time_step"])
+    _, records = generate(WORLD["tic_ret"], "test", 60, 32, 0)
+    assert {r["meta"]["time_step"] for r in records} == set(range(len(tic.STEPS)))

@@ -6,8 +6,10 @@ paintings and clipart, then sketches and inverted renders), the backgrounds chan
 (hexagon, heart, crescent, arrow) and some fade out (bar, cross). Every sample's metadata holds its
 `timestamp` (a year) and `step`.
 
-Datasets: `tic` (the training pool, captioned, streamed by step: `tic+++2017`), and per step `tic_cls_<step>`
-(dynamic classification over the concepts alive at that step) and `tic_ret_<step>` (dynamic retrieval).
+Datasets (role "tic", so FiF's A_KA / A_ZS never count them): `tic`, the training pool, captioned and
+streamed by step (`tic+++2017`); `tic_cls`, dynamic classification over every concept that ever lives,
+each test image drawn at a step where its concept is alive; `tic_ret`, dynamic image-caption retrieval.
+The evaluation splits every score by the samples' `time_step`, which gives TiC's matrix E[i][j].
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 from clipflux.data import render
 from clipflux.data.pool import KNOWN_SHAPES, pick
 from clipflux.data.render import BACKGROUNDS, COLORS
-from clipflux.data.world import DatasetSpec, Maker, Sample
+from clipflux.data.world import DatasetSpec, Sample
 
 STEPS = ["2014-2016", "2017", "2018", "2019", "2020", "2021"]
 FIRST_YEARS = (2014, 2015, 2016)
@@ -45,7 +47,7 @@ def _draw(size: int, step: int, concept: str, rng: np.random.Generator) -> Sampl
                                   style=style)
     year = int(rng.choice(FIRST_YEARS)) if step == 0 else int(STEPS[step])
     caption = CAPTIONS[rng.integers(len(CAPTIONS))].format(colour=colour, cls=concept, bg=bg, year=year)
-    meta = {"timestamp": year, "step": step, "concept": concept, "style": style, "colour": colour}
+    meta = {"timestamp": year, "time_step": step, "concept": concept, "style": style, "colour": colour}
     return image, caption, -1, meta
 
 
@@ -54,33 +56,31 @@ def _pool(size: int, label: int, split: str, rng: np.random.Generator) -> Sample
     return image, caption, label, meta
 
 
-def _classify(step: int) -> Maker:
-    alive = concepts(step)
-
-    def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
-        image, caption, _, meta = _draw(size, step, alive[label], rng)
-        return image, caption, label, meta
-
-    return make
+ALL_CONCEPTS = sorted({c for step in range(len(STEPS)) for c in concepts(step)}, key=lambda c: (c not in KNOWN_SHAPES, c))
 
 
-def _retrieve(step: int) -> Maker:
-    def make(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
-        return _draw(size, step, pick(rng, concepts(step)), rng)
+def _classify(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
+    concept = ALL_CONCEPTS[label]
+    steps = [t for t in range(len(STEPS)) if concept in concepts(t)]
+    image, caption, _, meta = _draw(size, int(steps[rng.integers(len(steps))]), concept, rng)
+    return image, caption, label, meta
 
-    return make
+
+def _retrieve(size: int, label: int, split: str, rng: np.random.Generator) -> Sample:
+    step = int(rng.integers(len(STEPS)))
+    return _draw(size, step, pick(rng, concepts(step)), rng)
 
 
 def datasets() -> list[DatasetSpec]:
-    """The time-ordered training pool and the per-step dynamic evaluation sets."""
-    specs = [DatasetSpec("tic", "tic", "captions", tuple(STEPS), (),
-                         "time-ordered captioned pool; stream classes are time steps", _pool,
-                         splits=("train",), size_factor=3.0)]
-    for step, name in enumerate(STEPS):
-        specs.append(DatasetSpec(f"tic_cls_{name}", "tic", "classification", tuple(concepts(step)), PROMPTS,
-                                 f"dynamic classification at time step {name}", _classify(step),
-                                 splits=("test",), size_factor=0.4))
-        specs.append(DatasetSpec(f"tic_ret_{name}", "tic", "retrieval", (), (),
-                                 f"dynamic retrieval at time step {name}", _retrieve(step),
-                                 splits=("test",), size_factor=0.5))
-    return specs
+    """The time-ordered training pool and the dynamic evaluation sets."""
+    return [
+        DatasetSpec("tic", "tic", "captions", tuple(STEPS), (),
+                    "time-ordered captioned pool; stream classes are time steps", _pool,
+                    splits=("train",), size_factor=3.0),
+        DatasetSpec("tic_cls", "tic", "classification", tuple(ALL_CONCEPTS), PROMPTS,
+                    "dynamic classification: concepts drawn at the time steps where they live", _classify,
+                    splits=("test",), size_factor=1.0),
+        DatasetSpec("tic_ret", "tic", "retrieval", (), (),
+                    "dynamic image-caption retrieval across time steps", _retrieve,
+                    splits=("test",), size_factor=2.0),
+    ]
