@@ -10,11 +10,13 @@ import dataclasses
 import json
 from pathlib import Path
 
+from clipflux import faults
 from clipflux.config import load_params
 from clipflux.data.pipeline import load_datasets
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
 from clipflux.matrix import dataset_info, summarize
 from clipflux.models import create_model
+from clipflux.streams import load_stream_file, parse_entry
 from clipflux.subsets import evaluation_plan
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 
@@ -30,7 +32,12 @@ def main() -> None:
     params = load_params()
     cfg = params.evaluate
     configure_torch(cfg.threads)
-    sets, skipped = evaluation_sets(args.shards, load_datasets(args.shards), cfg.seed, cfg.subset, cfg.validation, cfg.split)
+    manifests = load_datasets(args.shards)
+    # A stream over the time-ordered world is evaluated on its dynamic sets (TiC); any other on FiF's datasets.
+    stream = load_stream_file(params.streams[params.experiments[args.experiment].stream].file)
+    tic = any(manifests[parse_entry(e)[0]]["role"] == "tic" for e in stream)
+    roles = ("tic",) if tic else ("adaptation", "evaluation")
+    sets, skipped = evaluation_sets(args.shards, manifests, cfg.seed, cfg.subset, cfg.validation, cfg.split, roles)
     for name, why in skipped.items():
         print(f"evaluate: {name} left out: {why}")
     datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
@@ -51,6 +58,7 @@ def main() -> None:
             row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment}: {what}"
                                                          + ("" if full else " (subsets)"))}
             rows.append(row)
+            faults.reached("evaluate")
             for name, values in row["metrics"].items():
                 for metric, value in values.items():
                     run.log_scalar(f"eval/{name}/{metric}", value, task)

@@ -213,8 +213,10 @@ def sample_groups(reader: ShardReader, field: str = TIME_FIELD) -> np.ndarray | 
 
 
 def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, fraction: float,
-                    validation: bool = False, split: float = 0.8) -> tuple[dict[str, EvalSet], dict[str, str]]:
-    """Every adaptation and evaluation-only dataset with the samples the evaluation reads.
+                    validation: bool = False, split: float = 0.8,
+                    roles: tuple[str, ...] = ("adaptation", "evaluation")) -> tuple[dict[str, EvalSet], dict[str, str]]:
+    """Every dataset of the given roles (FiF's adaptation and evaluation-only ones by default; "tic" for the
+    time-ordered world) with the samples the evaluation reads.
 
     Args:
         shards: the shards folder.
@@ -223,13 +225,14 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
         fraction: FiF's subset fraction for evaluations during the stream.
         validation: FiF's validation mode (see `held_out_split`).
         split: the training share of the validation split.
+        roles: which datasets to evaluate, by role.
 
     Returns:
         The evaluation sets by name, and the datasets left out with the reason.
     """
     sets, skipped = {}, {}
     for name, manifest in sorted(manifests.items()):
-        if manifest["role"] not in ("adaptation", "evaluation") or manifest["task"] not in TASKS:
+        if manifest["role"] not in roles or manifest["task"] not in TASKS:
             continue
         which = held_out_split(manifest, validation)
         if which is None:
