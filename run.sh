@@ -20,6 +20,11 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 command=${1:-}
+# The test suite drives Omniboard in headless Chromium: Debian's chromium and chromium-driver (once).
+if [ "$command" = test ] || [ "$command" = setup ]; then
+  tools/install-browser.sh
+fi
+
 [ $# -gt 0 ] && shift
 case "$command" in
   repro) exec dvc repro "$@" ;;

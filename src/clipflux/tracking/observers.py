@@ -1,5 +1,6 @@
 """Sacred observers that never stop a run: a file observer that is always there, a MongoDB observer that steps
-aside when the database is down, and the filter that keeps captured output bounded and free of secrets.
+aside when the database is down, and the filter that keeps captured output bounded. Both observers store
+nothing that holds the MongoDB credentials (see `store.redact`).
 
 Sacred calls observers from two threads (its heartbeat timer, and the trainer's `flush` before each
 checkpoint), so both observers serialise their events.
@@ -43,13 +44,27 @@ def bounded_output(text: str) -> str:
     return DROPPED + text if dropped else text
 
 
+def scrub(value: Any) -> Any:
+    """A copy of `value` with credentials redacted from every string in it (dict keys included)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(scrub(v) for v in value)
+    return value
+
+
 def _serialised(cls: type) -> type:
-    """Wrap every observer event of `cls` in the instance's `_guard` (a lock, and for MongoDB a fault catch)."""
+    """Wrap every observer event of `cls` in the instance's `_guard` (a lock, and for MongoDB a fault catch),
+    with credentials scrubbed from what it stores: config, info, result, fail trace."""
     for name in EVENTS:
         method = getattr(cls, name)
 
         @functools.wraps(method)
         def event(self, *args, _method=method, _name=name, **kwargs):
+            if _name != "log_metrics":  # log_metrics records metric ids in Sacred's own `info`: keep that object
+                args, kwargs = scrub(args), scrub(kwargs)
             return self._guard(_name, lambda: _method(self, *args, **kwargs))
 
         setattr(cls, name, event)

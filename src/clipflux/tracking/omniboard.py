@@ -26,8 +26,9 @@ VERSION = "2.16.1"
 TOOLS = Path(__file__).resolve().parents[3] / "tools" / "omniboard"
 DIR_ENV = "CLIPFLUX_OMNIBOARD_DIR"
 METRIC_COLUMNS = [{"name": k, "metric_name": f"eval/{k}", "extrema": "last"} for k in ("A_KA", "A_ZS", "GM")]
-CUSTOM_COLUMNS = [{"name": "stage", "config_path": "meta.dvc_stage"},
-                  {"name": "experiment", "config_path": "config.experiment"}]
+# Not named "experiment": Omniboard would shadow the run's own `experiment` (name, sources) with the column.
+CUSTOM_COLUMNS = [{"name": "dvc_stage", "config_path": "meta.dvc_stage"},
+                  {"name": "experiment_key", "config_path": "config.experiment"}]
 _LISTENING = re.compile(r"listening on port (\d+)")
 
 

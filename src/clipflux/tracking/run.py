@@ -81,6 +81,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], ru
             _run.info["lineage"]["outputs"] = lineage.dvc_outputs(root, address)
         except Exception as err:  # the work is done; a missing record must not fail it
             _run.info["lineage"]["outputs_error"] = f"{type(err).__name__}: {err}"
+        return result["value"]  # Sacred's `result` of the run (e.g. the final A_KA / A_ZS / GM)
 
     with ExitStack() as stack:
         mongo = _mongo_observer(stack, root, local_copy)

@@ -1,0 +1,220 @@
+"""Tracking against the real embedded MongoDB server (SecantusDB as a process): runs land exactly, a server
+killed mid-run loses nothing after `clipflux tracking upload`, credentials are stored nowhere, both servers
+bind to 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+from bson import BSON
+from pymongo import MongoClient
+from pymongo.errors import OperationFailure
+
+from clipflux.tracking import observers, run_tracked, server
+from clipflux.tracking.lineage import upstream_from_lock
+from clipflux.tracking.omniboard import TOOLS
+from clipflux.tracking.store import URL_ENV, embedded_store, redact
+from clipflux.tracking.upload import upload
+
+PASSWORD = "S3cr3t-Pw0rd-4711"
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch) -> Path:
+    """An empty clipflux project folder as the working directory, with no store configured."""
+    (tmp_path / "dvc.yaml").write_text("stages: {}\n")
+    monkeypatch.chdir(tmp_path)
+    for name in (URL_ENV, "DVC_STAGE", "DVC_ROOT"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def live(project):
+    """The project's embedded server, started as `clipflux mongo start` does; stopped afterwards."""
+    status = server.start(project)
+    yield status
+    server.stop(project)
+
+
+def _db(port: int, name: str = "clipflux"):
+    return embedded_store(port).client()[name]
+
+
+def _work(kill_at: int | None = None, pid: int | None = None, steps: int = 12):
+    """A stand-in for training: logs a loss per step, flushes like the trainer, optionally kills the server."""
+    def main(run):
+        for step in range(steps):
+            run.log_scalar("train/loss", 1.0 / (step + 3), step)
+            run.log_scalar("train/lr", 1e-3 * step / 7, step)
+            if step % 4 == 3:
+                run._emit_heartbeat()  # the trainer's flush before a checkpoint
+            if step == kill_at:
+                os.kill(pid, signal.SIGKILL)
+        print("trained", steps, "steps")
+        return {"steps": steps}
+    return main
+
+
+def _local(project: Path, stage: str) -> Path:
+    [folder] = [p.parent for p in (project / "runs" / stage).glob("[0-9]*/run.json")]
+    return folder
+
+
+def _assert_same_as_local(db, folder: Path) -> dict:
+    """Exactly one run in the database for the local run in `folder`, with equal config, info and metrics."""
+    run = json.loads((folder / "run.json").read_text())
+    [doc] = list(db.runs.find({"meta.clipflux_uid": run["meta"]["clipflux_uid"]}))
+    assert doc["status"] == run["status"] == "COMPLETED"
+    assert doc["config"] == json.loads((folder / "config.json").read_text())
+    info = json.loads((folder / "info.json").read_text())
+    assert {k: v for k, v in doc["info"].items() if k != "metrics"} == {k: v for k, v in info.items() if k != "metrics"}
+    local = json.loads((folder / "metrics.json").read_text())
+    stored = {m["name"]: m for m in db.metrics.find({"run_id": doc["_id"]})}
+    assert set(stored) == set(local)
+    for name, metric in local.items():
+        assert stored[name]["steps"] == metric["steps"] and stored[name]["values"] == metric["values"], name
+    assert sorted(m["name"] for m in doc["info"]["metrics"]) == sorted(local)  # what Omniboard joins on
+    return doc
+
+
+def _listening_hosts(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    hosts = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A = LISTEN
+                hosts.add(socket.inet_ntoa(bytes.fromhex(address)[::-1]) if len(address) == 8 else address)
+    return hosts
+
+
+def test_server_binds_loopback_and_start_stop_are_idempotent(live, project):
+    assert _listening_hosts(live.port) == {"127.0.0.1"}
+    assert server.start(project) == live  # already running: the same server
+    assert server.status(project).running
+    server.stop(project)
+    assert not server.status(project).running
+    assert (project / ".clipflux/mongo/data").is_dir()  # data stays for the next start
+
+
+def test_a_run_holds_the_embedded_server_only_while_it_runs(project):
+    result = run_tracked("train", {"train": {"seed": 5}}, _work(), runs_dir=project / "runs")
+    assert result == {"steps": 12}
+    assert not server.status(project).running  # started for the run, stopped after it
+    with server.hold(project) as store:
+        db = store.client()[store.db_name]
+        doc = _assert_same_as_local(db, _local(project, "train"))
+        db.client.close()
+    assert doc["config"]["seed"] == 5  # Sacred seeds the global generators with the stage's seed
+    assert doc["info"]["lineage"]["seeds"] == {"train/seed": 5}
+    assert doc["captured_out"].endswith("trained 12 steps\n")
+
+
+def test_server_killed_mid_run_loses_nothing_after_upload(live, project, capfd):
+    result = run_tracked("train", {"train": {"seed": 0}}, _work(kill_at=5, pid=live.pid),
+                         runs_dir=project / "runs")
+    assert result == {"steps": 12}  # training went on
+    assert "clipflux tracking upload" in capfd.readouterr().err
+    folder = _local(project, "train")
+    assert len(json.loads((folder / "metrics.json").read_text())["train/loss"]["values"]) == 12
+
+    restarted = server.start(project)
+    db = _db(restarted.port)
+    report = upload(db, project / "runs")
+    assert [what for _, _, what in report] in (["added"], ["completed"])  # lost whole, or kept in part
+    _assert_same_as_local(db, folder)
+    assert [what for _, _, what in upload(db, project / "runs")] == ["in sync"]  # again: nothing changes
+    assert db.runs.count_documents({}) == 1 and db.metrics.count_documents({}) == 2
+
+
+def test_unreachable_store_keeps_the_run_and_upload_adds_it_once(live, project, monkeypatch):
+    closed = server.free_port()
+    monkeypatch.setenv(URL_ENV, f"mongodb://127.0.0.1:{closed}/")
+    run_tracked("evaluate", {"evaluate": {"seed": 1}}, _work(steps=3), runs_dir=project / "runs")
+    run_tracked("evaluate", {"evaluate": {"seed": 2}}, _work(steps=4), runs_dir=project / "runs")
+    db = _db(live.port)
+    assert db.runs.count_documents({}) == 0
+    assert [what for _, _, what in upload(db, project / "runs")] == ["added", "added"]
+    assert [what for _, _, what in upload(db, project / "runs")] == ["in sync", "in sync"]
+    assert sorted(d["_id"] for d in db.runs.find()) == [1, 2]
+    for folder in sorted((project / "runs/evaluate").glob("[0-9]*")):
+        _assert_same_as_local(db, folder)
+
+
+def _everything_stored(db) -> bytes:
+    return b"".join(BSON.encode(doc) for name in db.list_collection_names() for doc in db[name].find())
+
+
+def test_a_url_with_a_password_appears_nowhere_in_the_stored_run(live, project, monkeypatch):
+    admin = embedded_store(live.port).client()
+    admin.admin.command("createUser", "clipuser", pwd=PASSWORD, roles=[{"role": "readWrite", "db": "secretdb"}])
+    url = f"mongodb://clipuser:{PASSWORD}@127.0.0.1:{live.port}/secretdb?authSource=admin"
+    monkeypatch.setenv(URL_ENV, url)
+
+    def main(run):
+        print(f"connecting to {os.environ[URL_ENV]}")  # careless user code: the filter must catch it
+        run.log_scalar("train/loss", 0.5, 0)
+        run.info["note"] = f"db={os.environ[URL_ENV]}"
+        return {"url": os.environ[URL_ENV]}
+
+    with pytest.raises(OperationFailure):  # a wrong password is refused, so the right one is really used
+        MongoClient(url.replace(PASSWORD, "wrong"), serverSelectionTimeoutMS=2000).secretdb.runs.find_one()
+    run_tracked("train", {"train": {"seed": 0}}, main, runs_dir=project / "runs")
+    db = admin["secretdb"]
+    [doc] = list(db.runs.find())
+    assert doc["status"] == "COMPLETED" and "connecting to ***" in doc["captured_out"]
+    assert doc["info"]["note"] == "db=***" and doc["result"] == {"url": "***"}
+    stored = _everything_stored(db) + _everything_stored(admin["clipflux"])
+    stored += b"".join(p.read_bytes() for p in (project / "runs").rglob("*") if p.is_file())
+    stored += (project / ".clipflux/mongo/server.log").read_bytes()
+    for secret in (PASSWORD, url, f"clipuser:{PASSWORD}"):
+        assert secret.encode() not in stored
+    admin.close()
+
+
+def test_redact_hides_the_configured_credentials_and_any_url_userinfo(monkeypatch):
+    monkeypatch.setenv(URL_ENV, f"mongodb://u:{PASSWORD}@db.example:27017/x")
+    assert PASSWORD not in redact(f"see mongodb://u:{PASSWORD}@db.example:27017/x and {PASSWORD}")
+    assert redact("mongodb://someone:else@h/") == "mongodb://***@h/"  # any URL's credentials
+
+
+def test_captured_output_is_bounded_and_progress_bars_collapse():
+    text = "".join(f"line {i}\n" for i in range(3 * observers.MAX_OUTPUT_LINES)) + "50%\r100%\n"
+    out = observers.bounded_output(text)
+    assert out.startswith(observers.DROPPED) and out.endswith("line 5999\n100%\n")
+    assert len(out.splitlines()) == observers.MAX_OUTPUT_LINES + 1
+    assert observers.bounded_output(out + "more\n").count(observers.DROPPED) == 1  # reapplied every heartbeat
+    assert len(observers.bounded_output("x" * (3 * observers.MAX_OUTPUT_CHARS))) <= \
+        observers.MAX_OUTPUT_CHARS + len(observers.DROPPED)
+
+
+def test_upstream_from_lock_walks_to_the_raw_data():
+    lock = {
+        "download": {"deps": [], "params": {"params.yaml": {"world.seed": 0}}, "outs": [{"path": "data/raw", "md5": "r"}]},
+        "preprocess": {"deps": [{"path": "data/raw", "md5": "r"}], "outs": [{"path": "data/shards", "md5": "s"}]},
+        "report": {"deps": [{"path": "reports/x", "md5": "x"}], "outs": [{"path": "reports/y", "md5": "y"}]},
+    }
+    chain = upstream_from_lock(lock, ["data/shards", "models/base.pt"])
+    assert [s["stage"] for s in chain] == ["preprocess", "download"]
+    assert chain[1]["params"] == {"world": {"seed": 0}}
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_omniboard_preload_binds_every_listen_to_loopback():
+    script = ("const http = require('http'); const net = require('net');"
+              "const a = http.createServer().listen(0, '0.0.0.0', () => {"
+              " const b = net.createServer().listen({port: 0, host: '::'}, () => {"
+              "  const c = net.createServer().listen(0, () => {"
+              "   console.log(JSON.stringify([a, b, c].map(s => s.address().address))); process.exit(0); }); }); });")
+    out = subprocess.run(["node", "-r", str(TOOLS / "preload.js"), "-e", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    assert json.loads(out) == ["127.0.0.1"] * 3
