@@ -31,6 +31,16 @@ class Interrupt(Exception):
     pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on two cores shared with other jobs, two threads spin-wait and run several times
+    slower; every comparison here is between runs in the same setting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _model() -> tuple[torch.nn.Module, object]:
     torch.manual_seed(0)
     return create_model(ModelConfig(name="clipflux-tiny"))

@@ -163,7 +163,8 @@ class AdapterParams:
         image_blocks, text_blocks: indices of the adapted residual blocks; empty = every block
             [backbone_block_idcs, head_block_idcs].
         kv_only: adapt only the key and value projections of attention; otherwise q, k, v, `out_proj` and
-            the MLP's `c_fc` and `c_proj` [kv_only].
+            the MLP's `c_fc` and `c_proj` [kv_only; FiF's flag narrows only the packed in_proj, keeping
+            adapters on `out_proj` and `c_proj`, and its name filter never adapts `c_fc`].
         tune_logit_scale: also train the temperature [tune_logit_scale].
         seed: seed of the adapters' random initialisation.
     """
