@@ -8,26 +8,13 @@ both towers), optionally the temperature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from clipflux.methods.base import register
-from clipflux.methods.select import SHARED, SelectiveTuning
-
-
-@dataclass(frozen=True)
-class BitFitParams:
-    """`tune_logit_scale`: also train the temperature (FiF's flag, off by default)."""
-
-    tune_logit_scale: bool
+from clipflux.methods.select import SubsetTuning
 
 
 @register("bitfit")
-class BitFit(SelectiveTuning):
+class BitFit(SubsetTuning):
     """Train the biases only."""
 
-    Params = BitFitParams
-
-    def selects(self, name: str) -> bool:
-        if name in SHARED:
-            return self.params.tune_logit_scale
+    def in_subset(self, name: str) -> bool:
         return "bias" in name

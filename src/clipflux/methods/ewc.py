@@ -21,7 +21,7 @@ import torch
 
 from clipflux.config import ConfigError
 from clipflux.methods.base import Method, TaskContext, clip_loss, register
-from clipflux.methods.weights import clone_tensors, trainable
+from clipflux.methods.weights import clone_tensors, quadratic_penalty, trainable, trainable_values
 
 
 @dataclass(frozen=True)
@@ -71,11 +71,7 @@ class EWC(Method):
 
     def penalty(self) -> torch.Tensor:
         """sum_i F_i (theta_i - theta*_i)^2 (zero before the first task has ended)."""
-        if self.fisher is None:
-            return torch.zeros(())
-        params = trainable(self.model)
-        return sum(((self.fisher[n] * (p - self.anchor[n]) ** 2).sum() for n, p in params.items()),
-                   torch.zeros(()))
+        return quadratic_penalty(self.model, self.fisher, self.anchor)
 
     def loss(self, batch: dict[str, torch.Tensor], out: tuple) -> torch.Tensor:
         return clip_loss(out) + self.params.e_lambda / 2 * self.penalty()
@@ -86,7 +82,7 @@ class EWC(Method):
             self.fisher = fresh
         else:
             self.fisher = {n: self.params.gamma * self.fisher[n] + fresh[n] for n in fresh}
-        self.anchor = {n: p.detach().clone() for n, p in trainable(self.model).items()}
+        self.anchor = trainable_values(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"fisher": clone_tensors(self.fisher), "anchor": clone_tensors(self.anchor)}

@@ -8,26 +8,13 @@ Vision Transformers", ICCV-W 2023 (arXiv 2308.09610): every `ln_*` parameter of 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from clipflux.methods.base import register
-from clipflux.methods.select import SHARED, SelectiveTuning
-
-
-@dataclass(frozen=True)
-class LNFitParams:
-    """`tune_logit_scale`: also train the temperature (FiF's flag, off by default)."""
-
-    tune_logit_scale: bool
+from clipflux.methods.select import SubsetTuning
 
 
 @register("lnfit")
-class LNFit(SelectiveTuning):
+class LNFit(SubsetTuning):
     """Train the LayerNorm parameters only."""
 
-    Params = LNFitParams
-
-    def selects(self, name: str) -> bool:
-        if name in SHARED:
-            return self.params.tune_logit_scale
+    def in_subset(self, name: str) -> bool:
         return any(part.startswith("ln_") for part in name.split("."))

@@ -8,6 +8,7 @@ for the rest.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -59,3 +60,23 @@ class SelectiveTuning(Method):
             chosen += param.requires_grad
         if not chosen:
             raise ValueError(f"method {self.name!r} selects no parameter of this model")
+
+
+@dataclass(frozen=True)
+class SubsetParams:
+    """`tune_logit_scale`: also train the temperature (FiF's flag for BitFit and LNFit, off by default)."""
+
+    tune_logit_scale: bool
+
+
+class SubsetTuning(SelectiveTuning):
+    """Train a subset of each tower's parameters (`in_subset`), and the temperature only if asked."""
+
+    Params = SubsetParams
+
+    def in_subset(self, name: str) -> bool:
+        raise NotImplementedError
+
+    def selects(self, name: str) -> bool:
+        return self.params.tune_logit_scale if name in SHARED else self.in_subset(name)
+

@@ -23,7 +23,7 @@ import torch
 
 from clipflux.config import ConfigError
 from clipflux.methods.base import Method, TaskContext, clip_loss, register
-from clipflux.methods.weights import clone_tensors, trainable
+from clipflux.methods.weights import clone_tensors, quadratic_penalty, trainable, trainable_values
 
 
 @dataclass(frozen=True)
@@ -38,10 +38,6 @@ class SIParams:
             raise ConfigError(f"{path}: need c >= 0 and xi > 0, got c={self.c}, xi={self.xi}")
 
 
-def _values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {n: p.detach().clone() for n, p in trainable(model).items()}
-
-
 @register("si")
 class SI(Method):
     """Synaptic Intelligence on every trainable parameter."""
@@ -50,25 +46,21 @@ class SI(Method):
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
-        self.anchor = _values(model)
+        self.anchor = trainable_values(model)
         self.importance: dict[str, torch.Tensor] | None = None  # Omega
         self.path: dict[str, torch.Tensor] = {}  # omega of the current task
         self.previous: dict[str, torch.Tensor] = {}  # the parameters before the last step
 
     def penalty(self) -> torch.Tensor:
         """sum_i Omega_i (theta_i - theta*_i)^2 (zero before the first task has ended)."""
-        if self.importance is None:
-            return torch.zeros(())
-        params = trainable(self.model)
-        return sum(((self.importance[n] * (p - self.anchor[n]) ** 2).sum() for n, p in params.items()),
-                   torch.zeros(()))
+        return quadratic_penalty(self.model, self.importance, self.anchor)
 
     def loss(self, batch: dict[str, torch.Tensor], out: tuple) -> torch.Tensor:
         return clip_loss(out) + self.params.c * self.penalty()
 
     def begin_task(self, task: TaskContext) -> None:
         self.path = {n: torch.zeros_like(v) for n, v in self.anchor.items()}
-        self.previous = _values(self.model)
+        self.previous = trainable_values(self.model)
 
     def after_step(self) -> None:
         with torch.no_grad():
@@ -78,7 +70,7 @@ class SI(Method):
                 self.previous[n].copy_(p)
 
     def end_task(self, task: TaskContext) -> None:
-        current = _values(self.model)
+        current = trainable_values(self.model)
         fresh = {n: self.path[n] / ((current[n] - self.anchor[n]) ** 2 + self.params.xi) for n in current}
         old = self.importance or {n: torch.zeros_like(f) for n, f in fresh.items()}
         self.importance = {n: (old[n] + fresh[n]).clamp(min=0) for n in fresh}

@@ -46,6 +46,11 @@ def trainable(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
+def trainable_values(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Detached clones of the trainable parameters, by name (an anchor)."""
+    return {name: p.detach().clone() for name, p in trainable(model).items()}
+
+
 def clone_tensors(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
     """Clone every tensor of a flat dict, other values as they are (None stays None).
 
@@ -55,3 +60,15 @@ def clone_tensors(tensors: dict[str, Any] | None) -> dict[str, Any] | None:
     if tensors is None:
         return None
     return {k: v.detach().clone() if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
+def quadratic_penalty(model: torch.nn.Module, weights: dict[str, torch.Tensor] | None,
+                      anchor: dict[str, torch.Tensor] | None) -> torch.Tensor:
+    """sum_i weight_i * (theta_i - anchor_i)^2 over the trainable parameters (0 while there are no weights).
+
+    The importance-weighted pull towards an anchor that EWC (Fisher) and SI (path integral) share.
+    """
+    if weights is None:
+        return torch.zeros(())
+    return sum(((weights[n] * (p - anchor[n]) ** 2).sum() for n, p in trainable(model).items()), torch.zeros(()))
+
