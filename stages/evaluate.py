@@ -70,7 +70,7 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
         (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        return metrics["final"]
+        return metrics.get("final") or metrics.get("tic", {})
 
     run_tracked("evaluate", config, work)
 

@@ -30,6 +30,8 @@ def test_dataset_info_chance_levels():
     ret = {"role": "evaluation", "task": "retrieval", "classes": []}
     info = dataset_info(ret, "test", 1000, 300)
     assert info["chance"] == 0.5 and info["metric"] == "R@5" and info["subset_size"] == 300
+    tic = dataset_info(dict(ret, role="tic"), "test", 1000, 300)  # TiC reports retrieval as Recall@1
+    assert tic["metric"] == "R@1" and tic["chance"] == 0.1
 
 
 def test_summary_of_a_hand_made_run():

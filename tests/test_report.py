@@ -7,7 +7,7 @@ import matplotlib.image
 from clipflux.matrix import summarize
 from clipflux.metrics import fif_scores
 from clipflux.report import (final_rows, markdown_summary, plot_final_gm, plot_heatmap, plot_trajectories,
-                             trajectory_rows)
+                             tic_rows, trajectory_rows)
 
 DATASETS = {
     "novel": {"role": "adaptation", "task": "classification", "metric": "acc", "split": "test", "size": 400, "chance": 12.5},
@@ -70,3 +70,37 @@ def test_reports_cope_with_validation_runs_without_zero_shot_datasets(tmp_path):
     plot_heatmap(evaluation, tmp_path / "h.png")
     assert all(_is_png(tmp_path / n) for n in ("t.png", "g.png", "h.png"))
     assert "Validation mode" in markdown_summary([evaluation])
+
+
+def _tic_evaluation() -> dict:
+    """A TiC run: 3 time steps, one task per step, a classification and a retrieval set split by time step."""
+    datasets = {"tic_cls": {"role": "tic", "task": "classification", "metric": "acc", "split": "test", "size": 300,
+                            "chance": 10.0},
+                "tic_ret": {"role": "tic", "task": "retrieval", "metric": "R@1", "split": "test", "size": 300,
+                            "chance": 0.3}}
+    e = [[30.0, 10.0, 15.0], [50.0, 70.0, 20.0], [40.0, 65.0, 80.0]]
+    rows = []
+    for t in range(4):
+        step_scores = [20.0, 20.0, 20.0] if t == 0 else e[t - 1]
+        time = {n: {str(j): v for j, v in enumerate(step_scores)} for n in datasets}
+        mean = sum(step_scores) / 3
+        rows.append({"after_task": t, "subset": t in (1, 2), "scores": {n: mean for n in datasets}, "metrics": {},
+                     "n": {}, "time": time})
+    evaluation, metrics = summarize("tic_seq", "sequential", datasets, rows, {"subset": 0.1})
+    assert metrics["tic"]["tic_ret"]["fwt"] == -5.0 and "final" not in metrics  # no A_KA / A_ZS on this world
+    return evaluation
+
+
+def test_time_ordered_runs_get_tic_panels_and_a_tic_table(tmp_path):
+    tic = _tic_evaluation()
+    plot_heatmap(tic, tmp_path / "tic.png")
+    assert _is_png(tmp_path / "tic.png")
+    assert trajectory_rows([tic]) == [] and final_rows([tic]) == []
+    assert tic_rows([tic])[0] == {"experiment": "tic_seq", "method": "sequential", "dataset": "tic_cls", "metric": "acc",
+                                  "in_domain": 60.0, "backward": 51.6667, "forward": 15.0, "bwt": 2.5, "fwt": -5.0}
+    text = markdown_summary(EVALUATIONS + [tic])
+    assert "| tic_seq | sequential | tic_ret | R@1 | 60.0 | 51.7 | 15.0 | 2.5 | -5.0 |" in text
+    assert "| finetune | finetune | 3 |" in text and "| tic_seq | sequential | 3 |" not in text
+    plot_trajectories([tic], tmp_path / "t.png")
+    plot_final_gm([tic], tmp_path / "g.png")
+    assert _is_png(tmp_path / "t.png") and _is_png(tmp_path / "g.png")

@@ -257,6 +257,11 @@ def _pairs(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return labels.astype(np.int64) * (group_ids.max() + 1) + group_ids
 
 
+def protocol_of(manifest: dict) -> str:
+    """Whose headline metric a dataset reports: TiC's for the time-ordered world (role "tic"), else FiF's."""
+    return "tic" if manifest["role"] == "tic" else "fif"
+
+
 def evaluate_state(evaluator: Evaluator, sets: dict[str, EvalSet], full: bool, desc: str) -> dict:
     """One row of the evaluation matrix: every dataset, on its full samples or its subset.
 
@@ -270,11 +275,11 @@ def evaluate_state(evaluator: Evaluator, sets: dict[str, EvalSet], full: bool, d
     for s in bar:
         indices = s.indices(full)
         result = evaluator.evaluate(s.reader, s.manifest, indices, None if s.groups is None else s.groups[indices])
-        task = s.manifest["task"]
+        task, protocol = s.manifest["task"], protocol_of(s.manifest)
         row["n"][s.name], row["metrics"][s.name] = result["n"], result["metrics"]
-        row["scores"][s.name] = headline(task, result["metrics"])
+        row["scores"][s.name] = headline(task, result["metrics"], protocol)
         if "groups" in result:
-            row["time"][s.name] = {str(g): headline(task, m) for g, m in result["groups"].items()}
+            row["time"][s.name] = {str(g): headline(task, m, protocol) for g, m in result["groups"].items()}
         summary = fif_scores(row["scores"], {n: roles[n] for n in row["scores"]})
         bar.set_postfix(refresh=False, **{k: f"{v:.1f}" for k, v in summary.items()})
     row.update(fif_scores(row["scores"], roles))

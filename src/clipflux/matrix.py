@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-from clipflux.metrics import HEADLINE, fif_scores, forgetting_per_dataset, tic_scores
+from clipflux.metrics import fif_scores, forgetting_per_dataset, headline_metric, tic_scores
 
 SUMMARY_KEYS = ("A_KA", "A_ZS", "GM")
 
@@ -19,8 +19,12 @@ SUMMARY_KEYS = ("A_KA", "A_ZS", "GM")
 def dataset_info(manifest: dict, split: str, size: int, subset_size: int) -> dict[str, Any]:
     """What the report needs to know about an evaluated dataset, including its chance level."""
     task = manifest["task"]
-    chance = 100.0 / len(manifest["classes"]) if task == "classification" else min(100.0, 100.0 * 5 / max(size, 1))
-    return {"role": manifest["role"], "task": task, "metric": HEADLINE[task], "split": split, "size": size,
+    metric = headline_metric(task, "tic" if manifest["role"] == "tic" else "fif")
+    if task == "classification":
+        chance = 100.0 / len(manifest["classes"])
+    else:  # Recall@k of a random ranking of `size` candidates
+        chance = min(100.0, 100.0 * int(metric.removeprefix("R@")) / max(size, 1))
+    return {"role": manifest["role"], "task": task, "metric": metric, "split": split, "size": size,
             "subset_size": subset_size, "chance": chance}
 
 
@@ -74,9 +78,11 @@ def summarize(experiment: str, method: str, datasets: Mapping[str, Mapping[str, 
     tic = {n: tic_scores(t["matrix"], t["base"]) for n, t in times.items() if len(t["matrix"]) == len(t["steps"])}
 
     metrics: dict[str, Any] = {}
-    for row in rows:
-        metrics[f"task_{row['after_task']:02d}"] = _rounded({k: row[k] for k in SUMMARY_KEYS if k in row})
-    metrics["final"] = metrics[f"task_{rows[-1]['after_task']:02d}"]
+    for row in rows:  # none on the time-ordered world, which has no adaptation or evaluation-only datasets
+        if any(k in row for k in SUMMARY_KEYS):
+            metrics[f"task_{row['after_task']:02d}"] = _rounded({k: row[k] for k in SUMMARY_KEYS if k in row})
+    if metrics:
+        metrics["final"] = metrics[f"task_{rows[-1]['after_task']:02d}"]
     metrics["forgetting"] = _rounded(means | forgetting)
     if tic:
         metrics["tic"] = {n: _rounded(v) for n, v in tic.items()}

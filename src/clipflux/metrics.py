@@ -6,7 +6,8 @@ retrieval, so every dataset weighs the same ((40 x acc + 1 x R@5) / 41 with FiF'
 GM = sqrt(A_KA x A_ZS).
 
 **TiC** (Garg et al. 2024, section 2.3): E[i][j] is the score on time step j after training on step i.
-In-domain is the mean of the diagonal, backward transfer the mean below it (j < i) and forward transfer the
+Scores are accuracy for classification and
+Recall@1 for retrieval, as TiC reports them. In-domain is the mean of the diagonal, backward transfer the mean below it (j < i) and forward transfer the
 mean above it (j > i); all three are mean scores, in [0, 100]. Their signed counterparts as GEM defines them
 (Lopez-Paz & Ranzato 2017) are added: BWT = mean_j (E[T-1][j] - E[j][j]) over j < T-1 (negative when the
 model forgets) and FWT = mean_j (E[j-1][j] - base[j]) over j >= 1 (negative when training on the past
@@ -21,14 +22,24 @@ from __future__ import annotations
 import math
 from typing import Mapping, Sequence
 
-HEADLINE = {"classification": "acc", "retrieval": "R@5"}  # the one score per dataset that FiF averages
+HEADLINE = {  # the one score per dataset that each protocol averages
+    "fif": {"classification": "acc", "retrieval": "R@5"},
+    "tic": {"classification": "acc", "retrieval": "R@1"},
+}
 
 
-def headline(task: str, metrics: Mapping[str, float]) -> float:
-    """A dataset's score for A_KA / A_ZS: accuracy for classification, Recall@5 for retrieval."""
-    if task not in HEADLINE:
-        raise ValueError(f"no headline metric for task {task!r}; known: {sorted(HEADLINE)}")
-    return metrics[HEADLINE[task]]
+def headline_metric(task: str, protocol: str = "fif") -> str:
+    """The metric that stands for a dataset: accuracy for classification; Recall@5 (FiF) or Recall@1 (TiC)
+    for retrieval."""
+    if protocol not in HEADLINE or task not in HEADLINE[protocol]:
+        raise ValueError(f"no headline metric for task {task!r} under protocol {protocol!r}; "
+                         f"known: {sorted(HEADLINE['fif'])} under {sorted(HEADLINE)}")
+    return HEADLINE[protocol][task]
+
+
+def headline(task: str, metrics: Mapping[str, float], protocol: str = "fif") -> float:
+    """A dataset's score for A_KA / A_ZS (FiF) or for TiC's matrix: see `headline_metric`."""
+    return metrics[headline_metric(task, protocol)]
 
 
 def _mean(values: Sequence[float]) -> float:

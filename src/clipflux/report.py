@@ -29,25 +29,32 @@ def _complete(evaluation: dict) -> bool:
 
 
 def trajectory_rows(evaluations: list[dict]) -> list[dict]:
-    """One flat row per (experiment, task): the data behind the trajectory and GM-per-task DVC plots."""
+    """One flat row per (experiment, task) with A_KA / A_ZS / GM: the data behind the trajectory and GM-per-task
+    DVC plots (experiments on the time-ordered world have no A_KA or A_ZS and are not in it)."""
     return [
         {"experiment": e["experiment"], "method": e["method"], "task": r["after_task"], "subset": r.get("subset", False),
-         **{k: round(r[k], 4) for k in SUMMARY if k in r}}
-        for e in evaluations
+         **{k: round(r[k], 4) for k in SUMMARY}}
+        for e in evaluations if _complete(e)
         for r in e["rows"]
     ]
 
 
 def final_rows(evaluations: list[dict]) -> list[dict]:
-    """One row per experiment: base and final A_KA / A_ZS / GM (the data behind the GM bar chart)."""
+    """One row per experiment with A_KA / A_ZS / GM: base and final values (the data behind the GM bar chart)."""
     out = []
-    for e in evaluations:
+    for e in filter(_complete, evaluations):
         base, final = e["rows"][0], e["rows"][-1]
         row = {"experiment": e["experiment"], "method": e["method"], "tasks": len(e["rows"]) - 1}
-        row |= {k: round(final[k], 4) for k in SUMMARY if k in final}
-        row |= {f"{k}_base": round(base[k], 4) for k in SUMMARY if k in base}
+        row |= {k: round(final[k], 4) for k in SUMMARY} | {f"{k}_base": round(base[k], 4) for k in SUMMARY}
         out.append(row)
     return out
+
+
+def tic_rows(evaluations: list[dict]) -> list[dict]:
+    """One row per (experiment, time-stepped dataset): TiC's in-domain / backward / forward, GEM's BWT / FWT."""
+    return [{"experiment": e["experiment"], "method": e["method"], "dataset": name,
+             "metric": e["datasets"][name]["metric"], **{k: round(v, 4) for k, v in tic.items()}}
+            for e in evaluations for name, tic in e.get("tic", {}).items()]
 
 
 def _iso_gm(ax, levels=range(10, 100, 10)) -> None:
@@ -99,6 +106,8 @@ def plot_trajectories(evaluations: list[dict], path: str | Path) -> None:
     ax.grid(alpha=0.3)
     if shown:
         ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no experiment with A_KA and A_ZS", transform=ax.transAxes, ha="center")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -118,6 +127,8 @@ def plot_final_gm(evaluations: list[dict], path: str | Path) -> None:
         ax.axvline(b, color="black", ls="--", lw=1)
     if bases:
         ax.text(bases[0], len(rows) - 0.45, f" base model {bases[0]:.1f}", fontsize=8, va="bottom")
+    if not rows:
+        ax.text(0.5, 0.5, "no experiment with A_KA and A_ZS", transform=ax.transAxes, ha="center")
     ax.set_yticks(y, [f"{r['experiment']} ({r['method']})" for r in rows])
     ax.set_xlim(0, min(100, max([r["GM"] for r in rows] + bases + [1]) * 1.45))
     ax.set_ylim(-0.6, len(rows) - 0.1)
@@ -136,7 +147,11 @@ def _columns(evaluation: dict) -> list[tuple[str, str]]:
 
 
 def plot_heatmap(evaluation: dict, path: str | Path) -> None:
-    """The evaluation matrix of one experiment: a row per model state, a column per dataset, then A_KA/A_ZS/GM."""
+    """The evaluation matrix of one experiment: a row per model state (base model, after each task) and a column
+    per dataset, then A_KA / A_ZS / GM; on the time-ordered world TiC's E[i][j] per dataset instead."""
+    if evaluation.get("time"):
+        _plot_time_matrices(evaluation, path)
+        return
     columns = _columns(evaluation)
     rows = evaluation["rows"]
     names = [n for _, n in columns] + [k for k in SUMMARY if any(k in r for r in rows)]
@@ -166,6 +181,35 @@ def plot_heatmap(evaluation: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def _plot_time_matrices(evaluation: dict, path: str | Path) -> None:
+    """One panel per time-stepped dataset: its score on every time step (columns) before the stream and after
+    training on each step (rows); the diagonal (in-domain) is outlined, below it is backward transfer."""
+    times = evaluation["time"]
+    fig, axes = plt.subplots(1, len(times), squeeze=False, dpi=120, layout="constrained",
+                             figsize=(1.2 + 4.6 * len(times), 1.8 + 0.4 * (len(next(iter(times.values()))["matrix"]) + 1)))
+    subset_rows = [r.get("subset", False) for r in evaluation["rows"]]
+    for ax, (name, t) in zip(axes[0], times.items()):
+        values = np.array([t["base"]] + t["matrix"], dtype=float)
+        image = ax.imshow(values, cmap="viridis", vmin=0, vmax=100, aspect="auto")
+        for (i, j), v in np.ndenumerate(values):
+            ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7, color="white" if v < 60 else "black")
+        for i in range(min(len(t["matrix"]), len(t["steps"]))):
+            ax.add_patch(plt.Rectangle((i - 0.5, i + 0.5), 1, 1, fill=False, ec="red", lw=1.5))
+        labels = ["base model"] + [f"after task {i + 1}" + (" *" if subset_rows[i + 1] else "") for i in range(len(t["matrix"]))]
+        ax.set_yticks(range(len(values)), labels, fontsize=8)
+        ax.set_xticks(range(len(t["steps"])), t["steps"], fontsize=8)
+        ax.set_xlabel("evaluated on time step", fontsize=8)
+        tic = evaluation.get("tic", {}).get(name, {})
+        scores = ", ".join(f"{k.replace('_', '-')} {tic[k]:.1f}" for k in ("in_domain", "backward", "forward") if k in tic)
+        ax.set_title(f"{name} ({evaluation['datasets'][name]['metric']})\n{scores}", fontsize=9)
+    fig.colorbar(image, ax=list(axes[0]), fraction=0.03, pad=0.01, label="score (%)")
+    note = ", * = subset" if any(subset_rows) else ""
+    fig.suptitle(f"{evaluation['experiment']} ({evaluation['method']}): TiC evaluation matrix E[i][j] "
+                 f"(red = in-domain{note})", fontsize=10)
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def _fmt(x: float | None) -> str:
     return "–" if x is None else f"{x:.1f}"
 
@@ -178,30 +222,42 @@ def markdown_summary(evaluations: list[dict], images: dict[str, str] | None = No
         images: image name -> path relative to the summary ("trajectory", "gm", "heatmap/<experiment>").
     """
     images = images or {}
-    lines = [
-        "# clipflux report",
-        "",
-        "A_KA: mean score over adaptation datasets (knowledge accumulation); A_ZS: mean score over evaluation-only",
-        "datasets (zero-shot retention); each dataset weighs the same, scored by accuracy (classification) or",
-        "Recall@5 (retrieval, mean of image→text and text→image), as FiF. GM = sqrt(A_KA · A_ZS).",
-        "Forgetting: per dataset, the best earlier score minus the final one (mean over each group).",
-        "",
-        "| experiment | method | tasks | A_KA base | A_KA final | A_ZS base | A_ZS final | GM base | GM final "
-        "| forgetting (adapt.) | forgetting (eval.) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for e in evaluations:
-        base, final, forget = e["rows"][0], e["rows"][-1], e.get("forgetting", {})
-        cells = [_fmt(r.get(k)) for k in SUMMARY for r in (base, final)]
-        lines.append(f"| {e['experiment']} | {e['method']} | {len(e['rows']) - 1} | " + " | ".join(cells)
-                     + f" | {_fmt(forget.get('mean_adaptation'))} | {_fmt(forget.get('mean_evaluation'))} |")
+    lines = ["# clipflux report"]
+    fif = [e for e in evaluations if _complete(e)]
+    if fif:
+        lines += [
+            "",
+            "A_KA: mean score over adaptation datasets (knowledge accumulation); A_ZS: mean score over evaluation-only",
+            "datasets (zero-shot retention); each dataset weighs the same, scored by accuracy (classification) or",
+            "Recall@5 (retrieval, mean of image→text and text→image), as FiF. GM = sqrt(A_KA · A_ZS).",
+            "Forgetting: per dataset, the best earlier score minus the final one (mean over each group).",
+            "",
+            "| experiment | method | tasks | A_KA base | A_KA final | A_ZS base | A_ZS final | GM base | GM final "
+            "| forgetting (adapt.) | forgetting (eval.) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for e in fif:
+            base, final, forget = e["rows"][0], e["rows"][-1], e.get("forgetting", {})
+            cells = [_fmt(r.get(k)) for k in SUMMARY for r in (base, final)]
+            lines.append(f"| {e['experiment']} | {e['method']} | {len(e['rows']) - 1} | " + " | ".join(cells)
+                         + f" | {_fmt(forget.get('mean_adaptation'))} | {_fmt(forget.get('mean_evaluation'))} |")
+    tic = tic_rows(evaluations)
+    if tic:
+        lines += ["", "TiC (time-ordered world; accuracy, and Recall@1 for retrieval): in-domain = mean of E's diagonal,",
+                  "backward / forward = mean below / above it; BWT = mean change on earlier steps from when each was",
+                  "trained to the end, FWT = score on the next step minus the base model's (GEM; negative = harm).", "",
+                  "| experiment | method | dataset | metric | in-domain | backward | forward | BWT | FWT |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['experiment']} | {r['method']} | {r['dataset']} | {r['metric']} | "
+                  + " | ".join(_fmt(r.get(k)) for k in ("in_domain", "backward", "forward", "bwt", "fwt")) + " |"
+                  for r in tic]
     settings = evaluations[0] if evaluations else {}
     if settings.get("validation"):
         lines += ["", "**Validation mode**: scores are on held-out training samples, not on test data."]
     if settings.get("subset", 1) < 1:
         lines += ["", f"During the stream datasets are evaluated on class-balanced subsets ({settings['subset']:g} of "
-                      "each, at least 300 samples and 2 per class); before and after it on the full sets."]
-    lines += [f"\n![{k}]({images[k]})" for k in ("trajectory", "gm") if k in images]
+                      "each, at least 300 samples and 2 per class; marked *); before and after it on the full sets."]
+    lines += [f"\n![{k}]({images[k]})" for k in ("trajectory", "gm") if k in images and fif]
     for e in evaluations:
         lines += _experiment_section(e, images.get(f"heatmap/{e['experiment']}"))
     return "\n".join(lines) + "\n"
@@ -220,9 +276,10 @@ def _experiment_section(e: dict, heatmap: str | None) -> list[str]:
                      f"| {_fmt(best)} | {_fmt(f)} | {f - b:+.1f} | {_fmt(e['forgetting'].get(name))} |")
     if e.get("skipped"):
         lines += [""] + [f"Left out: {n} ({why})." for n, why in e["skipped"].items()]
-    for name, tic in e.get("tic", {}).items():
-        lines += ["", f"TiC on `{name}` (time steps {', '.join(e['time'][name]['steps'])}): "
-                      + ", ".join(f"{k} {v:+.1f}" if k in ("bwt", "fwt") else f"{k} {v:.1f}" for k, v in tic.items())]
+    for name, t in e.get("time", {}).items():
+        if name not in e.get("tic", {}):
+            lines += ["", f"`{name}` has {len(t['steps'])} time steps but the stream {len(t['matrix'])} tasks: "
+                          "TiC's metrics need one task per step."]
     if heatmap:
         lines += ["", f"![{e['experiment']} evaluation matrix]({heatmap})"]
     return lines
