@@ -50,11 +50,12 @@ def _version(package: str) -> str | None:
         return None
 
 
-def git_info(root: Path) -> dict[str, Any]:
+def git_info(root: Path, products: set[str] = frozenset()) -> dict[str, Any]:
     """The commit checked out at `root` and whether the work tree differs from it.
 
-    `dvc.lock` is left out of `dirty` (DVC rewrites it as stages finish, so it is always modified in the middle
-    of a pipeline); it is listed in `changed` like any other file.
+    `dvc.lock` and the pipeline's outputs (`products`, e.g. a git-tracked metrics file that DVC removes before
+    its stage runs) are left out of `dirty`: DVC rewrites them as stages run, and their hashes are recorded
+    anyway. They are listed in `changed` like any other file.
     """
     def git(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=60)
@@ -66,10 +67,14 @@ def git_info(root: Path) -> dict[str, Any]:
     return {
         "commit": head.stdout.strip(),
         "branch": git("rev-parse", "--abbrev-ref", "HEAD").stdout.strip(),
-        "dirty": any(path != "dvc.lock" for path in changed),
+        "dirty": any(path != "dvc.lock" and not _under(path, products) for path in changed),
         "changed": changed[:100],
         "changed_count": len(changed),
     }
+
+
+def _under(path: str, folders: set[str]) -> bool:
+    return any(path == f or path.startswith(f.rstrip("/") + "/") for f in folders)
 
 
 def seeds(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -161,7 +166,8 @@ def dvc_inputs(root: Path, address: str | None) -> dict[str, Any]:
         return {"stage": None, "note": "not run by DVC (no DVC_STAGE): inputs not recorded"}
     stage = _stage(root, address)
     deps = _hashes(stage.deps)
-    return {"stage": address, "deps": deps, "upstream": upstream_from_lock(read_lock(root), [d["path"] for d in deps])}
+    return {"stage": address, "deps": deps, "outs": [out.def_path for out in stage.outs],
+            "upstream": upstream_from_lock(read_lock(root), [d["path"] for d in deps])}
 
 
 def dvc_outputs(root: Path, address: str | None) -> list[dict[str, Any]]:
@@ -189,12 +195,13 @@ def manifests(root: Path, deps: list[dict[str, Any]]) -> dict[str, Any]:
 def collect(root: Path, config: dict[str, Any]) -> dict[str, Any]:
     """The lineage of a run about to start at `root` with `config` (recorded as `info.lineage`)."""
     address = os.environ.get("DVC_STAGE")
-    lineage: dict[str, Any] = {"git": git_info(root), "seeds": seeds(config),
-                               "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
+    lineage: dict[str, Any] = {"seeds": seeds(config), "command": [Path(sys.argv[0]).name, *sys.argv[1:]]}
     try:
         lineage["dvc"] = dvc_inputs(root, address)
         lineage["data"] = manifests(root, lineage["dvc"].get("deps", []))
     except Exception as err:  # lineage must not stop training; the gap is recorded and shown
         lineage["dvc"] = {"stage": address, "error": f"{type(err).__name__}: {err}"}
         print(f"clipflux: could not record the DVC inputs of {address}: {err}", file=sys.stderr)
+    products = {out["path"] for entry in read_lock(root).values() for out in entry.get("outs", [])}
+    lineage["git"] = git_info(root, products | set(lineage["dvc"].get("outs", [])))
     return lineage

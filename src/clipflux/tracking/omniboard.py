@@ -87,6 +87,10 @@ def environment(store: Store, port: int) -> dict[str, str]:
     return env
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def serve(store: Store, folder: Path, port: int, on_ready: Callable[[str], None] | None = None) -> int:
     """Serve Omniboard on 127.0.0.1 in the foreground until interrupted; returns node's exit code.
 
@@ -98,6 +102,8 @@ def serve(store: Store, folder: Path, port: int, on_ready: Callable[[str], None]
     """
     proc = subprocess.Popen(command(folder), env=environment(store, port), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, bufsize=1)
+    # A SIGTERM to this process (a service manager, a test) must end node too, not orphan it.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         for line in proc.stdout:
             line = redact(line)
@@ -111,9 +117,13 @@ def serve(store: Store, folder: Path, port: int, on_ready: Callable[[str], None]
                     on_ready(url)
         return proc.wait()
     except KeyboardInterrupt:
-        proc.send_signal(signal.SIGINT)
-        return proc.wait()
+        return 0
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             proc.terminate()
-            proc.wait()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

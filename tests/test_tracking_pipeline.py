@@ -1,0 +1,237 @@
+"""End to end: `dvc repro` on tiny settings in a temporary clone records every run in the embedded MongoDB
+(config, lineage, every metric value exactly as computed); the results / compare / lineage commands read
+them back; Omniboard shows them in headless Chromium."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO
+from test_pipeline import TINY, _merge
+from test_tracking import _listening_hosts
+
+from clipflux.tracking import server
+from clipflux.tracking.store import embedded_store
+
+pytestmark = pytest.mark.e2e
+BIN = Path(sys.executable).parent
+SMALLER = {"world": {"scale": 0.05}, "pretrain": {"samples": 256}, "train": {"samples_per_task": 64}}
+SCREENSHOTS = Path(tempfile.gettempdir())
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1600,1000"]
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CLIPFLUX_MONGO", "DVC_"))}
+    # Omniboard is installed once per checkout (git-ignored), not once per temporary clone.
+    return dict(env, PATH=f"{BIN}{os.pathsep}{env['PATH']}", TQDM_DISABLE="1",
+                CLIPFLUX_OMNIBOARD_DIR=str(REPO / ".clipflux" / "omniboard"))
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True)
+    assert proc.returncode == 0, f"{' '.join(cmd)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A clone of the working tree that ran `dvc repro`, with its embedded server started for the checks."""
+    root = tmp_path_factory.mktemp("tracked")
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in (n for n in listed if n and (REPO / n).is_file()):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, root / name)
+    params = _merge(_merge(yaml.safe_load((root / "params.yaml").read_text()), TINY), SMALLER)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    _run(["git", "init", "-q"], root)
+    _run(["git", "add", "-A"], root)
+    _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "clone"], root)
+    _run(["dvc", "repro", "evaluate@finetune"], root)  # only what the checks read, not every experiment
+    assert not server.status(root).running  # each stage held the embedded server only while it ran
+    _run(["clipflux", "mongo", "start"], root)
+    yield root
+    _run(["clipflux", "mongo", "stop"], root)
+
+
+@pytest.fixture(scope="module")
+def db(project):
+    client = embedded_store(server.status(project).port).client()
+    yield client["clipflux"]
+    client.close()
+
+
+def _runs(db) -> dict[str, dict]:
+    return {doc["meta"]["dvc_stage"]: doc for doc in db.runs.find()}
+
+
+def _pairs(entries: list[dict]) -> set[tuple[str, str]]:
+    return {(e["path"], e["md5"]) for e in entries}
+
+
+def test_every_run_lands_with_config_lineage_and_exact_metrics(project, db):
+    runs = _runs(db)
+    assert set(runs) == {"pretrain", "train@finetune", "evaluate@finetune"}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
+    manifests = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                 for p in (project / "data/shards").glob("*/manifest.json")}
+    for stage, doc in runs.items():
+        local = project / "runs" / doc["meta"]["stage"] / str(doc["_id"])
+        assert doc["status"] == "COMPLETED"
+        assert doc["config"] == json.loads((local / "config.json").read_text())
+        lineage = doc["info"]["lineage"]
+        assert lineage["git"]["commit"] == head and lineage["git"]["dirty"] is False, lineage["git"]["changed"]
+        # The inputs and outputs carry the very hashes DVC wrote to dvc.lock for this stage.
+        assert _pairs(lineage["dvc"]["deps"]) == _pairs(lock[stage]["deps"]), stage
+        assert _pairs(lineage["outputs"]) == _pairs(lock[stage]["outs"]), stage
+        assert {name: m["sha256"] for name, m in lineage["data"].items()} == manifests
+        assert doc["info"]["environment"]["threads"] == doc["config"][doc["meta"]["stage"]]["threads"]
+        stored = {m["name"]: m for m in db.metrics.find({"run_id": doc["_id"]})}
+        for name, metric in json.loads((local / "metrics.json").read_text()).items():
+            assert (stored[name]["steps"], stored[name]["values"]) == (metric["steps"], metric["values"]), name
+    assert {"pretrain", "build_stream@fif_random", "preprocess", "download"} <= \
+        {s["stage"] for s in runs["train@finetune"]["info"]["lineage"]["dvc"]["upstream"]}
+
+    # Evaluation: every logged value is exactly the one the stage computed and wrote to eval.json.
+    evaluation = json.loads((project / "reports/experiments/finetune/eval.json").read_text())
+    stored = {m["name"]: dict(zip(m["steps"], m["values"])) for m in db.metrics.find({"run_id": runs["evaluate@finetune"]["_id"]})}
+    for row in evaluation["rows"]:
+        task = row["after_task"]
+        for key in ("A_KA", "A_ZS", "GM"):
+            assert stored[f"eval/{key}"][task] == row[key]
+        for dataset, values in row["metrics"].items():
+            for metric, value in values.items():
+                assert stored[f"eval/{dataset}/{metric}"][task] == value
+    assert len(stored["eval/A_KA"]) == len(evaluation["rows"]) == 3  # base model + 2 tasks
+    assert runs["train@finetune"]["info"]["metrics"] and db.metrics.count_documents(
+        {"run_id": runs["train@finetune"]["_id"], "name": "train/loss"}) == 1
+
+
+def test_results_compare_and_lineage_read_the_runs_back(project, db):
+    runs = _runs(db)
+    evaluate, train, pretrain = (runs[s]["_id"] for s in ("evaluate@finetune", "train@finetune", "pretrain"))
+    last = {m["name"].split("/")[1]: m["values"][-1]
+            for m in db.metrics.find({"run_id": evaluate, "name": {"$in": ["eval/A_KA", "eval/A_ZS", "eval/GM"]}})}
+
+    results = json.loads(_run(["clipflux", "results", str(evaluate), "--json"], project))
+    assert results["final"] == last and [r["task"] for r in results["trajectory"]] == [0, 1, 2]
+    assert json.loads(_run(["clipflux", "results", str(train), "--json"], project))["evaluated_by"] == [evaluate]
+    assert "final  A_KA" in _run(["clipflux", "results", str(evaluate)], project)
+
+    rows = json.loads(_run(["clipflux", "compare", "method=finetune", "train.seed=0", "--json"], project))
+    assert [(r["run"], r["A_KA"], r["GM"]) for r in rows] == [(evaluate, last["A_KA"], last["GM"])]
+    assert json.loads(_run(["clipflux", "compare", "method=lora", "--json"], project)) == []
+
+    tree = json.loads(_run(["clipflux", "lineage", "reports/experiments/finetune/metrics.json", "--json"], project))
+    assert tree["run"]["run"] == evaluate
+    upstream = {u["path"]: u for u in tree["run"]["upstream"]}
+    assert upstream["models/finetune"]["run"]["run"] == train
+    train_inputs = {u["path"]: u for u in upstream["models/finetune"]["run"]["upstream"]}
+    assert train_inputs["models/base.pt"]["run"]["run"] == pretrain
+    shards = train_inputs["data/shards"]["stage"]  # not a tracked run: dvc.lock down to the raw data
+    assert shards["stage"] == "preprocess" and shards["deps"][0]["stage"]["stage"] == "download"
+    text = _run(["clipflux", "lineage", str(evaluate)], project)
+    assert f"commit {runs['pretrain']['info']['lineage']['git']['commit']} (clean)" in text
+
+
+def _port(url: str) -> int:
+    return int(url.split(":")[2].split("/")[0])
+
+
+def _browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tempfile.mkdtemp(prefix='chromium-')}"]:
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def _wait(check, timeout: float = 60.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {check.__name__}")
+
+
+@pytest.fixture(scope="module")
+def omniboard(project):
+    """`clipflux omniboard` serving the clone's runs (installs Omniboard on first use); yields its URL."""
+    if not (Path("/usr/bin/chromium").exists() and Path("/usr/bin/chromedriver").exists() and shutil.which("npm")):
+        pytest.skip("chromium, chromium-driver and npm are needed (./run.sh test installs them)")
+    log = project / "omniboard.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(["clipflux", "omniboard", "--port", str(server.free_port())], cwd=project,
+                                env=_env(), stdout=out, stderr=subprocess.STDOUT)
+
+    def url():
+        assert proc.poll() is None, log.read_text()[-3000:]
+        return next((line.split(" at ")[-1] for line in log.read_text().splitlines() if "serves the runs" in line), None)
+    address = None
+    try:
+        address = _wait(url, timeout=600)  # the first use runs `npm ci`
+        yield address
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        if address:  # node went with it: nothing listens on Omniboard's port any more
+            assert _wait(lambda: not _listening_hosts(_port(address)), timeout=15)
+
+
+def test_omniboard_shows_the_runs_and_a_metrics_plot_in_headless_chromium(project, db, omniboard):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+    from selenium.webdriver.common.by import By
+
+    assert _listening_hosts(_port(omniboard)) == {"127.0.0.1"}
+    final = {m["name"]: m["values"][-1] for m in db.metrics.find({"run_id": _runs(db)["evaluate@finetune"]["_id"]})}
+    browser = _browser()
+    try:
+        browser.get(omniboard)
+        cells = lambda: [c.text for c in browser.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]  # noqa: E731
+
+        def runs_listed():
+            return {"clipflux.pretrain", "clipflux.train", "clipflux.evaluate"} <= set(cells())
+        _wait(runs_listed)
+        grid = browser.find_element(By.CSS_SELECTOR, ".fixedDataTableLayout_main")
+
+        def headline_columns():  # far right: scroll the table sideways until they render
+            ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(grid), 600, 0).perform()
+            heads = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role=columnheader]")]
+            return {"A KA", "A ZS", "GM"} <= set(heads) and heads
+        heads = _wait(headline_columns, timeout=30)
+        row = cells()[: len(heads)]  # newest run first: the evaluate run
+        assert float(row[heads.index("A KA")]) == final["eval/A_KA"]
+        assert float(row[heads.index("A ZS")]) == final["eval/A_ZS"]
+        browser.save_screenshot(str(SCREENSHOTS / "clipflux-omniboard-runs.png"))
+
+        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(grid), -100000, 0).perform()
+        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "a[test-attr='cell-row_expander-0']"))[0].click()
+
+        def plot_legend():  # every metric of the run is plotted; the legend scrolls, so read textContent
+            return [t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .legendtext")]
+        legend = _wait(plot_legend)
+        assert set(legend) == set(final)
+        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace path.js-line")
+        browser.save_screenshot(str(SCREENSHOTS / "clipflux-omniboard-plot.png"))
+    finally:
+        browser.quit()
