@@ -92,18 +92,17 @@ def embedded_store(port: int) -> Store:
 
 
 def secrets() -> list[str]:
-    """The strings that must never be stored: the configured URL, its credentials, and their URL-decoded forms."""
+    """The strings that must never be stored: the configured URL when it holds credentials or options (which
+    may carry tokens), its user:password part and the password, also URL-decoded."""
     url = os.environ.get(URL_ENV, "").strip()
     if "://" not in url:
         return []
-    found = {url}
     netloc = url.split("://", 1)[1].split("/", 1)[0].split("?", 1)[0]
+    found = {url} if "@" in netloc or "?" in url else set()
     if "@" in netloc:
         userinfo = netloc.rsplit("@", 1)[0]
-        user, _, password = userinfo.partition(":")
-        found |= {userinfo, unquote(userinfo)}
-        if password:
-            found |= {password, unquote(password)}
+        password = userinfo.partition(":")[2]
+        found |= {userinfo, unquote(userinfo)} | ({password, unquote(password)} if password else set())
     return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
 

@@ -147,8 +147,9 @@ def render(tree: dict[str, Any], indent: int = 0) -> str:
     lines.append(f"{pad}  ran on  {env.get('host')}, {env.get('device')}, {env.get('threads')} threads")
     for out in tree["outputs"]:
         lines.append(f"{pad}  wrote   {out['path']}  md5 {out['md5']}")
-    for name, sha in tree["data"].items():
-        lines.append(f"{pad}  data    {name}: manifest sha256 {sha}")
+    if tree["data"]:
+        short = ", ".join(f"{name} {sha[:12]}" for name, sha in tree["data"].items())
+        lines.append(f"{pad}  data    manifests (sha256, full in --json): {short}")
     for item in tree["upstream"]:
         lines.append(f"{pad}  ← {item['path']}  md5 {item['md5']}")
         if "run" in item:
