@@ -64,7 +64,8 @@ def workspace(tmp_path_factory) -> Path:
 
 
 def _stage(root: Path, script: str, *args: str, fault: str | None = None) -> subprocess.CompletedProcess:
-    env = dict(os.environ, TQDM_DISABLE="1")
+    # The series compared is the file observer's (the MongoDB path has its own fault tests in test_tracking).
+    env = dict(os.environ, TQDM_DISABLE="1", CLIPFLUX_MONGO_URL="off")
     env.pop("CLIPFLUX_FAULT", None)
     if fault:
         env["CLIPFLUX_FAULT"] = fault
