@@ -53,9 +53,10 @@ def fixture_shards(tmp_path_factory) -> Path:
     _fixture_dataset(root, "captions", "retrieval", "evaluation", 24)
     _fixture_dataset(root, "timed", "classification", "evaluation", 30, steps=3)
     _fixture_dataset(root, "timed_captions", "retrieval", "adaptation", 18, steps=3)
+    _fixture_dataset(root, "tic_ret", "retrieval", "tic", 400, steps=4)
     index = {n: {"role": json.loads((root / n / "manifest.json").read_text())["role"],
                  "task": json.loads((root / n / "manifest.json").read_text())["task"]}
-             for n in ("captions", "timed", "timed_captions")}
+             for n in ("captions", "timed", "timed_captions", "tic_ret")}
     (root / "datasets.json").write_text(json.dumps(index))
     return root
 
@@ -144,3 +145,16 @@ def test_validation_mode_never_reads_test_data(tiny_shards):
         assert {s.reader.keys[i] for i in s.full} == held
     normal, _ = evaluation_sets(tiny_shards, manifests, seed=0, fraction=0.1)
     assert {s.split for s in normal.values()} == {"test"} and set(normal) == set(sets) | set(skipped)
+
+
+def test_the_time_ordered_world_is_evaluated_in_full_with_recall_at_1(model_and_tokenizer, fixture_shards):
+    model, tokenizer = model_and_tokenizer
+    manifests = load_datasets(fixture_shards)
+    sets, _ = evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1, roles=("tic",))
+    assert list(sets) == ["tic_ret"] and len(sets["tic_ret"].subset) == 400  # FiF would take 300: retrieval pools
+    fif, _ = evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1, roles=("evaluation",))
+    assert all(len(s.subset) == len(s.full) for s in fif.values())  # under the 300 floor anyway
+    row = evaluate_state(Evaluator(model, tokenizer, batch_size=100), sets, full=False, desc="test")
+    assert not row["subset"]  # nothing was cut, so the row is not marked as a subset evaluation
+    assert row["scores"]["tic_ret"] == row["metrics"]["tic_ret"]["R@1"]  # TiC reports retrieval as Recall@1
+    assert set(row["time"]["tic_ret"]) == {"2014", "2015", "2016", "2017"} and "A_KA" not in row

@@ -216,7 +216,7 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
                     validation: bool = False, split: float = 0.8,
                     roles: tuple[str, ...] = ("adaptation", "evaluation")) -> tuple[dict[str, EvalSet], dict[str, str]]:
     """Every dataset of the given roles (FiF's adaptation and evaluation-only ones by default; "tic" for the
-    time-ordered world) with the samples the evaluation reads.
+    time-ordered world) with the samples the evaluation reads. Subsets are FiF's; TiC's sets are always full.
 
     Args:
         shards: the shards folder.
@@ -245,8 +245,11 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
             held = validation_keys(seed, name, reader.keys, reader.labels.tolist(), split)
             full = np.array([i for i, k in enumerate(reader.keys) if k in held], dtype=np.int64)
         groups = sample_groups(reader)
-        strata = reader.labels if groups is None else _pairs(reader.labels, groups)  # balanced over time steps too
-        subset = full[class_balanced_subset(strata[full], fraction, seed, name)]
+        if protocol_of(manifest) == "tic":  # TiC evaluates every step in full: E's rows must be comparable
+            subset = full
+        else:
+            strata = reader.labels if groups is None else _pairs(reader.labels, groups)  # balanced over time steps too
+            subset = full[class_balanced_subset(strata[full], fraction, seed, name)]
         sets[name] = EvalSet(name, manifest, reader, which, full, subset, groups)
     return sets, skipped
 
@@ -269,7 +272,8 @@ def evaluate_state(evaluator: Evaluator, sets: dict[str, EvalSet], full: bool, d
         {"subset", "n", "metrics", "scores" (headline per dataset), A_KA / A_ZS / GM, "time"}, where
         "time" holds {dataset: {step: headline score}} for datasets whose samples carry a time step.
     """
-    row: dict = {"subset": not full, "n": {}, "metrics": {}, "scores": {}, "time": {}}
+    row: dict = {"subset": any(len(s.indices(full)) < len(s.full) for s in sets.values()),
+                 "n": {}, "metrics": {}, "scores": {}, "time": {}}
     roles = {name: s.manifest["role"] for name, s in sets.items()}
     bar = progress(list(sets.values()), desc=desc, unit="dataset")
     for s in bar:
