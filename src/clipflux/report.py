@@ -57,18 +57,20 @@ def tic_rows(evaluations: list[dict]) -> list[dict]:
             for e in evaluations for name, tic in e.get("tic", {}).items()]
 
 
-def _iso_gm(ax, levels=range(10, 100, 10)) -> None:
-    """Light curves of constant GM = sqrt(A_KA * A_ZS), to read the trade-off off the plot."""
+def _iso_gm(ax) -> None:
+    """Light curves of constant GM = sqrt(A_KA * A_ZS) at round values, to read the trade-off off the plot."""
     x0, x1 = ax.get_xlim()
     y0, y1 = ax.get_ylim()
+    low, high = math.sqrt(max(x0, 0.5) * max(y0, 0.5)), math.sqrt(x1 * y1)
+    step = next(s for s in (1, 2, 5, 10, 20) if (high - low) / s <= 6)
     zs = np.linspace(max(x0, 0.5), x1, 200)
-    for g in levels:
+    for g in np.arange(math.ceil(low / step) * step, high, step):
         ka = g * g / zs
         inside = (ka >= y0) & (ka <= y1)
         if inside.sum() < 2:
             continue
-        ax.plot(zs[inside], ka[inside], color="0.75", lw=0.7, ls=":", zorder=0)
-        ax.annotate(f"GM {g}", (zs[inside][-1], ka[inside][-1]), fontsize=7, color="0.55", ha="right", va="bottom")
+        ax.plot(zs[inside], ka[inside], color="0.6", lw=0.8, ls=":", zorder=0)
+        ax.annotate(f"GM {g:g}", (zs[inside][-1], ka[inside][-1]), fontsize=7, color="0.45", ha="right", va="bottom")
     ax.set_xlim(x0, x1)
     ax.set_ylim(y0, y1)
 
@@ -117,7 +119,7 @@ def plot_final_gm(evaluations: list[dict], path: str | Path) -> None:
     """Horizontal bars of each experiment's final GM (best at the top), the base model's GM as a dashed line."""
     rows = sorted((r for r in final_rows(evaluations) if "GM" in r), key=lambda r: r["GM"])
     colours = _colours(evaluations)
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * max(1, len(rows))), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 1.4 + 0.45 * max(1, len(rows))), dpi=120)
     y = np.arange(len(rows))
     ax.barh(y, [r["GM"] for r in rows], color=[colours[r["experiment"]] for r in rows], height=0.6)
     for i, r in enumerate(rows):
@@ -126,14 +128,14 @@ def plot_final_gm(evaluations: list[dict], path: str | Path) -> None:
     for b in bases:
         ax.axvline(b, color="black", ls="--", lw=1)
     if bases:
-        ax.text(bases[0], len(rows) - 0.45, f" base model {bases[0]:.1f}", fontsize=8, va="bottom")
+        ax.text(bases[0], -0.55, f" base model {bases[0]:.1f}", fontsize=8, va="bottom")
     if not rows:
         ax.text(0.5, 0.5, "no experiment with A_KA and A_ZS", transform=ax.transAxes, ha="center")
     ax.set_yticks(y, [f"{r['experiment']} ({r['method']})" for r in rows])
-    ax.set_xlim(0, min(100, max([r["GM"] for r in rows] + bases + [1]) * 1.45))
-    ax.set_ylim(-0.6, len(rows) - 0.1)
+    ax.set_xlim(0, min(100, max([r["GM"] for r in rows] + bases + [1]) * 1.7))
+    ax.set_ylim(-0.7, len(rows) - 0.4)
     ax.set_xlabel("final GM = sqrt(A_KA x A_ZS) (%)")
-    ax.set_title("Final geometric mean of knowledge accumulation and zero-shot retention", fontsize=10)
+    ax.set_title("Final GM of knowledge accumulation and zero-shot retention (dashed: base model)", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
