@@ -19,6 +19,7 @@ from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
 
 
@@ -52,8 +53,8 @@ def main() -> None:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
                           np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config,
-                          run_id=run._id, flush=run._emit_heartbeat)  # Sacred's own flush to observers
-        run.info["resumed_from"] = trainer.resume()
+                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+        continue_run(run, trainer.resume())
         trainer.fit()
         save_weights(model, args.out)
         return {"weights_sha256": state_sha256(model.state_dict())}

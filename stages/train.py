@@ -16,6 +16,7 @@ from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
 
 
@@ -71,8 +72,8 @@ def main() -> None:
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar,
-                          config, run_id=run._id, flush=run._emit_heartbeat)  # Sacred's own flush to observers
-        run.info["resumed_from"] = trainer.resume()
+                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+        continue_run(run, trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         args.out.mkdir(parents=True, exist_ok=True)
         for t in range(len(tasks)):

@@ -3,7 +3,7 @@
 Every registered method is covered (the test is parametrised over the registry), with DataLoader workers
 and a data mixture that includes replay-buffer and pretraining data. A run killed anywhere and rerun must
 finish bit-identical to the run that was never interrupted: the same weights after every task, the same
-metrics, and the same logged series (the killed run's entries before its checkpoint plus the resumed run's).
+metrics, and the same logged series: the killed run truncated at the resume step plus the resumed run, each step once.
 """
 
 from __future__ import annotations
@@ -115,10 +115,9 @@ def _kill_and_resume(root: Path, method: str, fault: str, name: str) -> None:
     weights, series = _reference(root, method)
     killed = _train(root, method, name, fault=fault)
     assert killed.returncode == -signal.SIGKILL, f"the fault {fault} was never reached:\n{killed.stderr[-2000:]}"
-    killed_run = _runs(root)[-1]
     resumed = _train(root, method, name)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    resumed_run = _runs(root)[-1]
+    killed_run, resumed_run = _runs(root)[-2:]
 
     assert _weights(root / name / "models") == weights
     origin = resumed_run["info"]["resumed_from"]
@@ -127,9 +126,12 @@ def _kill_and_resume(root: Path, method: str, fault: str, name: str) -> None:
         return
     assert str(origin["run_id"]) == str(killed_run["id"])
     resume_step = origin["global_step"]
-    combined = _series(killed_run["metrics"], below=resume_step) | _series(resumed_run["metrics"])
-    assert combined == series
-    assert min(s for _, s in _series(resumed_run["metrics"])) == resume_step  # nothing logged twice
+    # The killed run was truncated at the resume step: the two runs hold every step exactly once.
+    before, after = _series(killed_run["metrics"]), _series(resumed_run["metrics"])
+    assert all(step < resume_step for _, step in before)
+    assert min(step for _, step in after) == resume_step
+    assert before | after == series
+    assert killed_run["run"]["status"] == "INTERRUPTED" and str(killed_run["run"]["resumed_by"]) == str(resumed_run["id"])
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -218,3 +218,39 @@ def test_omniboard_preload_binds_every_listen_to_loopback():
     out = subprocess.run(["node", "-r", str(TOOLS / "preload.js"), "-e", script], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert json.loads(out) == ["127.0.0.1"] * 3
+
+
+def test_a_resumed_run_truncates_the_run_it_continues_in_both_stores(live, project):
+    # The first run logged steps 0-11 and flushed them all; it is "resumed" from step 6: its entries at
+    # steps >= 6 leave both stores, so the two runs hold each step once.
+    from clipflux.tracking.resume import continue_run
+
+    first: dict = {}
+
+    def killed(run):
+        first["uid"] = run.meta_info["clipflux_uid"]
+        first["id"] = run._id
+        return _work()(run)
+
+    def resumed(run):
+        continue_run(run, {"run_id": first["id"], "run_uid": first["uid"], "task": 0, "step": 6, "global_step": 6})
+        for step in range(6, 12):
+            run.log_scalar("train/loss", 1.0 / (step + 3), step)
+        return {"resumed_by": run._id}
+
+    run_tracked("train", {"seed": 0}, killed)
+    second = run_tracked("train", {"seed": 0}, resumed)["resumed_by"]
+    db = _db(live.port)
+    old = db.runs.find_one({"meta.clipflux_uid": first["uid"]})
+    assert old["status"] == "INTERRUPTED" and old["resumed_by"] == second
+    for metric in db.metrics.find({"run_id": old["_id"]}):
+        assert metric["steps"] == list(range(6)) and len(metric["values"]) == len(metric["timestamps"]) == 6
+    [folder] = [p.parent for p in (project / "runs/train").glob("*/run.json")
+                if json.loads(p.read_text())["meta"]["clipflux_uid"] == first["uid"]]
+    local = json.loads((folder / "metrics.json").read_text())
+    assert {name: m["steps"] for name, m in local.items()} == {"train/loss": list(range(6)), "train/lr": list(range(6))}
+    assert json.loads((folder / "run.json").read_text())["status"] == "INTERRUPTED"
+    new = db.runs.find_one({"_id": second})
+    assert new["info"]["resumed_from"]["run_uid"] == first["uid"]
+    [loss] = list(db.metrics.find({"run_id": second, "name": "train/loss"}))
+    assert loss["steps"] == list(range(6, 12))

@@ -62,12 +62,13 @@ class Trainer:
         ckpt_dir: where full-state checkpoints go.
         log_scalar: metric sink, e.g. a Sacred run's `log_scalar`.
         fingerprint: the parameters that fix the run; a checkpoint written with others is refused.
-        run_id: the tracking run's id, stored in checkpoints so a resumed run can name the run it continues.
+        run_id: the tracking run's {"id", "uid"}, stored in checkpoints so a resumed run can name (and
+            truncate, see `tracking.resume`) the run it continues.
         flush: makes every metric logged so far durable in the tracking store; called before each
             checkpoint, so a run killed later has lost no metric older than its newest checkpoint.
 
     Attributes:
-        resumed_from: after `fit` resumed, {"run_id", "task", "step"} of the checkpoint it continued from.
+        resumed_from: after `resume` found a checkpoint: {"run_id", "run_uid", "task", "step", "global_step"}.
     """
 
     def __init__(self, model: torch.nn.Module, method: Method, tokenizer: Any, readers: list[ShardReader],
@@ -116,7 +117,8 @@ class Trainer:
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
         task, step = state["task"], state["step"]
-        self.resumed_from = {"run_id": state["run_id"], "task": task, "step": step,
+        origin = state["run_id"] or {}
+        self.resumed_from = {"run_id": origin.get("id"), "run_uid": origin.get("uid"), "task": task, "step": step,
                              "global_step": self._offset(task) + step}
         if step > 0:  # mid-task: the optimizer of this task exists already
             self._new_optimizer()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 from sacred.observers import FileStorageObserver, MongoObserver
 from sacred.utils import apply_backspaces_and_linefeeds
 
+from clipflux.tracking.resume import truncate_database, truncate_folder
 from clipflux.tracking.store import Store, redact
 
 MAX_OUTPUT_LINES = 2000
@@ -88,6 +89,11 @@ class LocalFileObserver(FileStorageObserver):
             _id = None  # e.g. a fresh database numbering from 1 again beside older local runs
         return super().started_event(ex_info, command, host_info, start_time, config, meta_info, _id)
 
+    def truncate_run(self, uid: str, below: int, resumed_by: Any) -> None:
+        """Drop the entries at step >= `below` of the earlier run `uid` (see `tracking.resume`)."""
+        with self._lock:
+            truncate_folder(Path(self.basedir), uid, below, resumed_by)
+
 
 @_serialised
 class ResilientMongoObserver(MongoObserver):
@@ -119,6 +125,10 @@ class ResilientMongoObserver(MongoObserver):
                       f"clipflux: the run goes on and is kept in {self.local_copy}; once MongoDB is back, "
                       "`clipflux tracking upload` adds it to the database", file=sys.stderr)
                 return None
+
+    def truncate_run(self, uid: str, below: int, resumed_by: Any) -> None:
+        """Drop the entries at step >= `below` of the earlier run `uid` (see `tracking.resume`)."""
+        self._guard("truncate_run", lambda: truncate_database(self.runs.database, uid, below, resumed_by))
 
     def save(self) -> None:
         # Sacred's save() silently skips a heartbeat when the server is gone; raise so the guard notices.
