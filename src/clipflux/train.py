@@ -97,7 +97,9 @@ class Trainer:
             "run_id": self.run_id,
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict() if self.optimizer else None,
+            # A task starts with a fresh optimizer, so a task-boundary checkpoint (step 0) needs none: a
+            # third of the size of a mid-task one (AdamW keeps two moments per parameter).
+            "optimizer": self.optimizer.state_dict() if self.optimizer and step > 0 else None,
             "method": self.method.state_dict(),
             "buffer": self.buffer.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
