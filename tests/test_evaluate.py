@@ -10,12 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipflux.config import ModelConfig
+from clipflux.config import EvaluateConfig, ModelConfig
 from clipflux.data.pipeline import load_datasets
 from clipflux.data.shards import ShardReader, write_shards
 from clipflux.evaluate import (Evaluator, class_embeddings, classification_metrics, evaluate_state, evaluation_sets,
                                partner_ranks, retrieval_metrics, text_embeddings)
 from clipflux.models import create_model, save_weights
+from clipflux.streams import keys_by_class
 from clipflux.subsets import validation_keys
 
 
@@ -145,6 +146,14 @@ def test_validation_mode_never_reads_test_data(tiny_shards):
         assert {s.reader.keys[i] for i in s.full} == held
     normal, _ = evaluation_sets(tiny_shards, manifests, seed=0, fraction=0.1)
     assert {s.split for s in normal.values()} == {"test"} and set(normal) == set(sets) | set(skipped)
+    # ... and the stream trains on the rest of each class, never on a validation key
+    config = EvaluateConfig(batch_size=64, threads=1, seed=0, subset=0.1, validation=True, split=0.8)
+    streamed, everything = keys_by_class(tiny_shards, manifests, config), keys_by_class(tiny_shards, manifests)
+    for name, s in sets.items():
+        validated = {s.reader.keys[i] for i in s.full}
+        trained = {k for keys in streamed[name].values() for k in keys}
+        assert not trained & validated and trained | validated == set(s.reader.keys)
+        assert all(streamed[name][c] for c in everything[name])  # every class keeps training samples
 
 
 def test_the_time_ordered_world_is_evaluated_in_full_with_recall_at_1(model_and_tokenizer, fixture_shards):

@@ -1,9 +1,9 @@
-"""Streams: ordered lists of `dataset+++classname` (FiF's format) chunked into tasks. Pure functions.
+"""Streams: ordered lists of `dataset+++classname` (FiF's format) chunked into tasks. Pure functions, but for `keys_by_class`.
 
 A stream file (`streams/<name>.json`) is a JSON list of `dataset+++classname` entries; its order is the
 order in which classes arrive. `chunk` splits it into `num_tasks` tasks of `len // num_tasks` classes,
 the remainder going one each to the first tasks, exactly as FiF does. `resolve` turns the tasks into
-the exact sample keys each task trains on.
+the exact sample keys each task trains on; `keys_by_class` lists those keys from the shards.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+
+from clipflux.config import EvaluateConfig
+from clipflux.data.shards import ShardReader
+from clipflux.subsets import validation_keys
 
 SEPARATOR = "+++"
 
@@ -105,3 +109,26 @@ def random_order(classes: dict[str, list[str]], seed: int) -> list[str]:
 def dataset_incremental(classes: dict[str, list[str]], datasets: list[str]) -> list[str]:
     """One dataset after another, in the given order; classes in their dataset's order."""
     return [f"{d}{SEPARATOR}{c}" for d in datasets for c in classes[d]]
+
+
+def keys_by_class(shards: Path, manifests: dict[str, dict], held_out: EvaluateConfig | None = None
+                  ) -> dict[str, dict[str, list[str]]]:
+    """For every streamable dataset (a training split and classes or topics): class -> training sample keys.
+
+    With `held_out` (evaluate.validation on), the keys the evaluate stage validates on are left out of the
+    stream: FiF's validation mode trains on `split` of each class and never reads the test data.
+    """
+    out = {}
+    for name, manifest in manifests.items():
+        if manifest["role"] not in ("adaptation", "tic") or "train" not in manifest["splits"] or not manifest["classes"]:
+            continue
+        reader = ShardReader(Path(shards) / name, "train")
+        classes = manifest["classes"]
+        held = set()
+        if held_out is not None and manifest["role"] == "adaptation":  # as evaluate.evaluation_sets holds out
+            held = validation_keys(held_out.seed, name, reader.keys, reader.labels.tolist(), held_out.split)
+        out[name] = {c: [] for c in classes}
+        for key, label in zip(reader.keys, reader.labels):
+            if key not in held:
+                out[name][classes[label]].append(key)
+    return out
