@@ -3,6 +3,10 @@
 Full sets for the base model and after the last task, class-balanced subsets (`evaluate.subset`) after the
 tasks in between; in validation mode held-out training samples instead of test data. Writes the evaluation
 matrix (`eval.json`) and A_KA / A_ZS / GM per task, forgetting and TiC transfer (`metrics.json`, DVC metrics).
+
+Without `--experiment` (stage `evaluate_base`) it evaluates only the base model, once for all experiments, on
+the sets of every protocol the experiments use, and writes those rows (`--out`/base.json); each experiment's
+evaluation then starts from them (`--base-rows`) instead of evaluating the same weights again.
 """
 
 import argparse
@@ -21,30 +25,78 @@ from clipflux.subsets import evaluation_plan
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 
 
+ROLES = {"fif": ("adaptation", "evaluation"), "tic": ("tic",)}
+
+
+def protocol(params, experiment: str, manifests: dict[str, dict]) -> str:
+    """A stream over the time-ordered world is evaluated on its dynamic sets (TiC); any other on FiF's datasets."""
+    stream = load_stream_file(params.streams[params.experiments[experiment].stream].file)
+    return "tic" if any(manifests[parse_entry(e)[0]]["role"] == "tic" for e in stream) else "fif"
+
+
+def evaluate_base(args, params, manifests: dict[str, dict], evaluator: Evaluator) -> None:
+    """Evaluate the base model in full on the sets of every protocol in use; write {protocol: row}."""
+    cfg = params.evaluate
+    protocols = sorted({protocol(params, name, manifests) for name in params.experiments})
+    config = {"experiment": None, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model),
+              "protocols": protocols}
+
+    def work(run) -> dict:
+        run.info["environment"] = environment_info(cfg.threads)
+        evaluator.load(args.base)
+        rows = {}
+        for name in protocols:
+            sets, _ = evaluation_sets(args.shards, manifests, cfg.seed, cfg.subset, cfg.validation, cfg.split, ROLES[name])
+            rows[name] = {"after_task": 0, **evaluate_state(evaluator, sets, True, f"evaluate base model ({name})")}
+            log_row(run, rows[name])
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "base.json").write_text(json.dumps(rows, indent=1) + "\n")
+        return {name: {k: row[k] for k in ("A_KA", "A_ZS", "GM") if k in row} for name, row in rows.items()}
+
+    run_tracked("evaluate", config, work)
+
+
+def log_row(run, row: dict) -> None:
+    """Log one evaluation row's metrics to the Sacred run, at its task as the step."""
+    for name, values in row["metrics"].items():
+        for metric, value in values.items():
+            run.log_scalar(f"eval/{name}/{metric}", value, row["after_task"])
+    for key in ("A_KA", "A_ZS", "GM"):
+        if key in row:
+            run.log_scalar(f"eval/{key}", row[key], row["after_task"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--experiment", required=True, help="a key of params.yaml: experiments")
+    parser.add_argument("--experiment", help="a key of params.yaml: experiments (none: evaluate the base model only)")
     parser.add_argument("--shards", required=True, type=Path, help="shards folder")
-    parser.add_argument("--base", required=True, type=Path, help="base model weights (evaluated as task 0)")
-    parser.add_argument("--models", required=True, type=Path, help="weights after each task (task_NNN.pt)")
-    parser.add_argument("--out", required=True, type=Path, help="report folder of this experiment")
+    parser.add_argument("--base", type=Path, help="base model weights (evaluated as task 0 unless --base-rows)")
+    parser.add_argument("--base-rows", type=Path, help="the base model's rows written without --experiment "
+                        "(evaluated here when not given)")
+    parser.add_argument("--models", type=Path, help="weights after each task (task_NNN.pt)")
+    parser.add_argument("--out", required=True, type=Path, help="report folder of this experiment (or of the base)")
     args = parser.parse_args()
     params = load_params()
     cfg = params.evaluate
     configure_torch(cfg.threads)
     manifests = load_datasets(args.shards)
-    # A stream over the time-ordered world is evaluated on its dynamic sets (TiC); any other on FiF's datasets.
-    stream = load_stream_file(params.streams[params.experiments[args.experiment].stream].file)
-    tic = any(manifests[parse_entry(e)[0]]["role"] == "tic" for e in stream)
-    roles = ("tic",) if tic else ("adaptation", "evaluation")
-    sets, skipped = evaluation_sets(args.shards, manifests, cfg.seed, cfg.subset, cfg.validation, cfg.split, roles)
+    model, tokenizer = create_model(params.model)
+    evaluator = Evaluator(model, tokenizer, cfg.batch_size)
+    if args.experiment is None:
+        if args.base is None:
+            parser.error("--base is required to evaluate the base model")
+        return evaluate_base(args, params, manifests, evaluator)
+    if args.models is None or (args.base is None and args.base_rows is None):
+        parser.error("--experiment needs --models, and --base or --base-rows")
+
+    kind = protocol(params, args.experiment, manifests)
+    sets, skipped = evaluation_sets(args.shards, manifests, cfg.seed, cfg.subset, cfg.validation, cfg.split, ROLES[kind])
     for name, why in skipped.items():
         print(f"evaluate: {name} left out: {why}")
     datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
-    states = [args.base] + sorted(args.models.glob("task_*.pt"))
+    states = [args.base] + sorted(args.models.glob("task_*.pt"))  # states[0] unread with --base-rows
     plan = evaluation_plan(len(states), cfg.subset)
-    model, tokenizer = create_model(params.model)
-    evaluator = Evaluator(model, tokenizer, cfg.batch_size)
+    base_row = json.loads(args.base_rows.read_text())[kind] if args.base_rows else None
     method = params.experiments[args.experiment].method
     config = {"experiment": args.experiment, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model),
               "datasets": datasets, "skipped": skipped}
@@ -53,18 +105,16 @@ def main() -> None:
         run.info["environment"] = environment_info(cfg.threads)
         rows = []
         for task, (path, full) in enumerate(zip(states, plan)):
-            evaluator.load(path)
-            what = "base model" if task == 0 else f"after task {task}/{len(states) - 1}"
-            row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment}: {what}"
-                                                         + ("" if full else " (subsets)"))}
+            if task == 0 and base_row is not None:
+                row = base_row  # the same weights on the same full sets: evaluated once by evaluate_base
+            else:
+                evaluator.load(path)
+                what = "base model" if task == 0 else f"after task {task}/{len(states) - 1}"
+                row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment}: {what}"
+                                                             + ("" if full else " (subsets)"))}
             rows.append(row)
             faults.reached("evaluate")
-            for name, values in row["metrics"].items():
-                for metric, value in values.items():
-                    run.log_scalar(f"eval/{name}/{metric}", value, task)
-            for key in ("A_KA", "A_ZS", "GM"):
-                if key in row:
-                    run.log_scalar(f"eval/{key}", row[key], task)
+            log_row(run, row)
         settings = {"validation": cfg.validation, "subset": cfg.subset, "seed": cfg.seed, "skipped": skipped}
         evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings)
         args.out.mkdir(parents=True, exist_ok=True)

@@ -60,8 +60,12 @@ def clone(tmp_path_factory) -> Path:
 def test_dvc_repro_end_to_end(clone):
     out = _run(["dvc", "repro"], clone)
     for stage in ("download", "preprocess", "build_stream@fif_random", "pretrain", "train@finetune",
-                  "evaluate@finetune", "report"):
+                  "evaluate_base", "evaluate@finetune", "report"):
         assert f"Running stage '{stage}'" in out
+    # The base model is evaluated once for all experiments, and sharing its row changes nothing.
+    _run(["python", "stages/evaluate.py", "--experiment", "finetune", "--shards", "data/shards", "--base",
+          "models/base.pt", "--models", "models/finetune", "--out", "alone"], clone)
+    assert (clone / "alone/eval.json").read_bytes() == (clone / "reports/experiments/finetune/eval.json").read_bytes()
 
     metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
     assert set(metrics) == {"task_00", "task_01", "task_02", "final", "forgetting"}
@@ -75,7 +79,8 @@ def test_dvc_repro_end_to_end(clone):
     tic = json.loads((clone / "reports/experiments/tic_sequential/metrics.json").read_text())["tic"]
     assert set(tic) == {"tic_cls", "tic_ret"} and set(tic["tic_cls"]) == {"in_domain", "backward", "forward", "bwt", "fwt"}
     assert "| tic_sequential | sequential | tic_ret | R@1 |" in summary
-    assert len(list((clone / "runs").glob("*/[0-9]*/metrics.json"))) == 1 + 2 * len(EXPERIMENTS)  # pretrain; train, evaluate each
+    # pretrain; evaluate_base and the check above; train and evaluate for each experiment
+    assert len(list((clone / "runs").glob("*/[0-9]*/metrics.json"))) == 3 + 2 * len(EXPERIMENTS)
 
     # Nothing to do the second time.
     again = _run(["dvc", "repro"], clone)
