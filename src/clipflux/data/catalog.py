@@ -47,6 +47,7 @@ class CatalogEntry:
     license: str | None
     source: str | None
     note: str | None = None
+    sort_classes: bool = False  # FiF sorts the class-name list (case-insensitively) before use
     name: str = ""  # filled in from the key of `datasets`
 
     def validate(self, path: str) -> None:
