@@ -32,14 +32,13 @@ class StepBatches(torch.utils.data.Dataset):
         self.readers, self.sources, self.counts = readers, sources, counts
         self.seed, self.task, self.steps = seed, task, steps
         self.tokenizer, self.image_size, self.purpose = tokenizer, image_size, purpose
+        self.blocks = {name: shard_blocks(readers, items) for name, items in sources.items()}  # streamed sources
 
     def __len__(self) -> int:
         return self.steps
 
     def items(self, step: int) -> np.ndarray:
         """The (dataset id, index) pairs of the batch of `step`, update data first."""
-        if not hasattr(self, "blocks"):  # computed once, in whichever process reads
-            self.blocks = {name: shard_blocks(self.readers, items) for name, items in self.sources.items()}
         parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i, self.purpose,
                       self.blocks[name]) for i, name in enumerate(SOURCES)]
         return np.concatenate(parts)
