@@ -6,7 +6,9 @@ Raw layout, per dataset: `<raw>/<dataset>/card.json` (the dataset card) and per 
 Imported datasets (`clipflux import`, see `clipflux.data.importers`) are shard folders already, wherever they
 are (`data.external` in params: a folder under data/external/ or a URL). `preprocess` does not copy them: it
 records their location and their manifest's sha256 in `<shards>/datasets.json`, the index every stage opens
-datasets through (`open_dataset`), so a changed import changes the index and DVC reruns what depends on it.
+datasets through (`open_dataset`). Every stage downstream depends on the index, so a re-indexed import reruns
+what reads it; an import changed after indexing is refused by `open_dataset` until it is re-indexed (DVC cannot
+watch data/external itself without making the default pipeline need it).
 """
 
 from __future__ import annotations

@@ -87,8 +87,8 @@ def open_reader(location: str | Path, split: str, verify: bool = True, manifest_
     if manifest_sha256 is not None:
         _, actual = load_manifest_at(location)
         if actual != manifest_sha256:
-            raise ShardError(f"{location}: manifest.json changed since preprocess recorded it "
-                             f"(sha256 {actual[:12]}…, recorded {manifest_sha256[:12]}…); run `dvc repro` again")
+            raise ShardError(f"{location}: manifest.json changed since preprocess recorded it (sha256 {actual[:12]}…, "
+                             f"recorded {manifest_sha256[:12]}…): re-index with `dvc repro --force preprocess`, then `dvc repro`")
     if is_local(location):
         return ShardReader(location, split, verify=verify)
     return StreamedShardReader(str(location), split)
