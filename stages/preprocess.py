@@ -1,4 +1,5 @@
-"""Stage `preprocess`: write every raw dataset as webdataset shards with a manifest (counts, classes, sha256)."""
+"""Stage `preprocess`: write every raw dataset as webdataset shards with a manifest (counts, classes, sha256), and
+index the imported datasets of `data.external` where they are."""
 
 import argparse
 
@@ -12,7 +13,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="shards folder (replaced)")
     args = parser.parse_args()
     params = load_params()
-    manifests = preprocess(args.raw, args.out, params.world.shard_size)
+    manifests = preprocess(args.raw, args.out, params.world.shard_size, params.data.external)
     for name, manifest in manifests.items():
         counts = ", ".join(f"{split}={s['count']}" for split, s in manifest["splits"].items())
         print(f"preprocess: {name} ({manifest['role']}): {counts}")

@@ -1,7 +1,7 @@
 """Stage `pretrain`: contrastive pretraining of the base model on the captioned pool.
 
-When `model.pretrained` names a checkpoint file, its weights are loaded and written as the base model
-instead of training.
+When `model.pretrained` is set (a checkpoint file, or an open_clip weight tag found in `model.cache_dir` or on
+the hub), those weights are written as the base model instead of training. The pool is `data.pool`.
 """
 
 import argparse
@@ -15,9 +15,9 @@ import torch
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
-from clipflux.data.shards import ShardReader
+from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
-from clipflux.models import create_model, load_weights, save_weights, state_sha256
+from clipflux.models import create_model, load_pretrained, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
@@ -25,7 +25,7 @@ from clipflux.train import Loop, Trainer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--shards", required=True, type=Path, help="shards folder (reads its pool dataset)")
+    parser.add_argument("--shards", required=True, type=Path, help="shards folder (reads the dataset named by data.pool)")
     parser.add_argument("--out", required=True, type=Path, help="base model weights")
     parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
     parser.add_argument("--start-over", action="store_true", default=start_over_requested(),
@@ -37,11 +37,12 @@ def main() -> None:
     torch.manual_seed(cfg.seed)  # the initial weights
     model, tokenizer = create_model(params.model)
     if params.model.pretrained:
-        save_weights(load_weights(model, params.model.pretrained), args.out)
-        print(f"pretrain: skipped, base model = {params.model.pretrained}")
+        source = load_pretrained(model, params.model)
+        save_weights(model, args.out)
+        print(f"pretrain: skipped, base model = {params.model.name} weights from {source}")
         return
 
-    pool = ShardReader(args.shards / "pool", "train")
+    pool = open_dataset(args.shards, params.data.pool, "train")
     steps = math.ceil(cfg.samples / cfg.optim.batch_size)
     config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps}
     loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every,

@@ -12,7 +12,7 @@ import numpy as np
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
 from clipflux.data.loader import index_items
-from clipflux.data.shards import ShardReader
+from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
@@ -37,15 +37,15 @@ def main() -> None:
     configure_torch(cfg.threads)
     stream = json.loads(args.stream.read_text())
 
-    # Data: one reader per adaptation dataset in the stream, plus the pretraining pool.
+    # Data: one reader per adaptation dataset in the stream, plus the pretraining pool (data.pool).
     datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
-    readers = [ShardReader(args.shards / d, "train") for d in datasets]
+    readers = [open_dataset(args.shards, d, "train") for d in datasets]
     tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
                              for i, d in enumerate(datasets) if d in task["samples"]])
              for task in stream["tasks"]]
     pool = np.empty((0, 2), dtype=np.int64)
     if exp.mixture.pretraining > 0:
-        readers.append(ShardReader(args.shards / "pool", "train"))
+        readers.append(open_dataset(args.shards, params.data.pool, "train"))
         pool = index_items(len(readers) - 1, readers[-1])
 
     steps = math.ceil(cfg.samples_per_task / cfg.optim.batch_size)

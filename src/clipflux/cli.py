@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from clipflux.data import commands as data_commands
 from clipflux.data.cards import write_cards
 from clipflux.data.stream_files import write_streams
 from clipflux.tracking import commands as tracking_commands
@@ -22,6 +23,7 @@ def main(argv: list[str] | None = None) -> None:
     cards = sub.add_parser("datasets", help="write a dataset card (markdown) and example grids (PNG) per dataset")
     cards.add_argument("--shards", type=Path, default=Path("data/shards"))
     cards.add_argument("--out", type=Path, default=Path("reports/datasets"))
+    data_commands.add_parsers(sub)
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "write-streams":
@@ -36,6 +38,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"wrote {path}")
     elif args.command == "datasets":
         print(f"wrote {write_cards(args.shards, args.out)}")
+    elif args.command in data_commands.COMMANDS:
+        data_commands.run(args)
     elif args.command in tracking_commands.COMMANDS:
         tracking_commands.run(args)
 

@@ -8,9 +8,10 @@ stage stops before doing any work.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -19,6 +20,9 @@ import yaml
 
 class ConfigError(ValueError):
     """A parameter is unknown, missing or invalid."""
+
+
+NAME = re.compile(r"[A-Za-z0-9_-]+")  # dataset names: folder names and webdataset-key safe (no dots)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -43,11 +47,32 @@ class WorldConfig:
 
 
 @dataclass(frozen=True)
+class DataConfig:
+    """Where the study's data comes from besides the synthetic world (see `clipflux.data.sources`)."""
+
+    world: bool = True  # generate the synthetic world (false: a study on imported datasets only)
+    pool: str = "pool"  # the dataset used as pretraining pool and for the mixture's pretraining share
+    external: dict[str, str] = field(default_factory=dict)  # imported dataset name -> shard location
+
+    def validate(self, path: str) -> None:
+        for name, location in self.external.items():
+            if not NAME.fullmatch(name):
+                raise ConfigError(f"{path}.external.{name}: a dataset name may use letters, digits, '_' and '-' only")
+            if not location:
+                raise ConfigError(f"{path}.external.{name}: expected a shard folder or URL, got {location!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Which open_clip architecture to build, and where its starting weights come from."""
+    """Which open_clip architecture to build, and where its starting weights come from.
+
+    `pretrained` is a checkpoint file, or an open_clip weight tag of the architecture (e.g. `laion2b_s34b_b79k`)
+    fetched from the hub or found in `cache_dir` (see `clipflux.models.load_pretrained`).
+    """
 
     name: str
     pretrained: str | None = None
+    cache_dir: str | None = None
 
     def validate(self, path: str) -> None:
         if not self.name:
@@ -187,6 +212,7 @@ class Params:
     methods: dict[str, dict[str, Any]]
     experiments: dict[str, ExperimentConfig]
     evaluate: EvaluateConfig
+    data: DataConfig = DataConfig()
 
     def validate(self, path: str) -> None:
         from clipflux.methods import REGISTRY, method_params
@@ -198,6 +224,8 @@ class Params:
         for name, hyper in self.methods.items():
             _choice(f"methods.{name}", name, sorted(REGISTRY))
             method_params(name, hyper)  # raises ConfigError naming the bad key
+        if self.data.pool != "pool":  # the world's pool, or an imported dataset
+            _choice("data.pool", self.data.pool, ["pool"] + sorted(self.data.external))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -319,6 +347,7 @@ def _type_name(tp: Any) -> str:
 __all__ = [
     "BufferConfig",
     "ConfigError",
+    "DataConfig",
     "EvaluateConfig",
     "ExperimentConfig",
     "MixtureConfig",

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from clipflux.data.pipeline import open_dataset
 from clipflux.data.shards import ShardReader
 from clipflux.metrics import fif_scores, headline
 from clipflux.models import image_size, load_weights, to_input
@@ -239,7 +240,7 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
             skipped[name] = "no validation or train split (test data is never used in validation mode)" if validation \
                 else "no test split"
             continue
-        reader = ShardReader(Path(shards) / name, which)
+        reader = open_dataset(shards, name, which)
         full = np.arange(len(reader))
         if validation and manifest["role"] == "adaptation":
             held = validation_keys(seed, name, reader.keys, reader.labels.tolist(), split)

@@ -1,4 +1,10 @@
-"""Models: open_clip architectures (custom ones as JSON configs in `configs/models/`) and their weights."""
+"""Models: open_clip architectures (custom ones as JSON configs in `configs/models/`) and their weights.
+
+Pretrained weights (`model.pretrained`, see `load_pretrained`) come from a checkpoint file in any format
+open_clip reads (a state dict, a training checkpoint with "state_dict", safetensors), or from an open_clip weight
+tag of the architecture: found in `model.cache_dir` (the hub's cache layout, as open_clip downloads it), else
+downloaded from the hub when the network allows. Offline and not cached, the error names the file to provide.
+"""
 
 from __future__ import annotations
 
@@ -35,6 +41,47 @@ def create_model(cfg: ModelConfig) -> tuple[open_clip.CLIP, open_clip.tokenizer.
         raise ValueError(f"model.name: {cfg.name!r} is not an open_clip architecture; add configs/models/{cfg.name}.json or choose one of {known[:8]}...")
     model = open_clip.create_model(cfg.name, pretrained=None, device="cpu")
     return model, open_clip.get_tokenizer(cfg.name)
+
+
+class PretrainedError(RuntimeError):
+    """Pretrained weights cannot be found or fetched; the message says which file to provide."""
+
+
+def weights_source(name: str, tag: str) -> str:
+    """Where open_clip fetches weight tag `tag` of architecture `name`: a hub file or a URL."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if cfg.get("hf_hub"):
+        repo, _, file = cfg["hf_hub"].rpartition("/")  # "org/name/" or "org/name/file"
+        file = file or "open_clip_pytorch_model.bin (or open_clip_model.safetensors)"
+        return f"{file} of the Hugging Face hub repository {repo} (https://huggingface.co/{repo})"
+    return cfg.get("url", "?")
+
+
+def load_pretrained(model: torch.nn.Module, cfg: ModelConfig) -> str:
+    """Load `cfg.pretrained` into `model` (built by `create_model(cfg)`); returns where the weights came from.
+
+    Raises:
+        PretrainedError: the file does not exist and is no weight tag of the architecture, or the tag's weights
+            are neither cached in `cfg.cache_dir` nor downloadable; the message names the file to provide.
+    """
+    path = Path(cfg.pretrained)
+    if path.is_file():
+        open_clip.load_checkpoint(model, str(path))
+        return str(path)
+    tags = open_clip.list_pretrained_tags_by_model(cfg.name)
+    if cfg.pretrained not in tags:
+        raise PretrainedError(f"model.pretrained: {cfg.pretrained!r} is neither a checkpoint file nor a weight tag of "
+                              f"{cfg.name} (its tags: {tags or 'none'})")
+    try:
+        source = open_clip.create_model(cfg.name, pretrained=cfg.pretrained, cache_dir=cfg.cache_dir, device="cpu")
+    except Exception as e:  # the hub's and urllib's errors when offline; name what to provide instead
+        raise PretrainedError(
+            f"model.pretrained: cannot load {cfg.name} weights {cfg.pretrained!r}: not in the cache "
+            f"({cfg.cache_dir or 'open_clip default'}) and not downloadable here ({type(e).__name__}). Provide the file: "
+            f"{weights_source(cfg.name, cfg.pretrained)}; download it where the network allows and set "
+            f"model.pretrained to its path (or put it in model.cache_dir as the hub caches it)") from None
+    model.load_state_dict(source.state_dict())
+    return f"{cfg.name} {cfg.pretrained} ({cfg.cache_dir or 'open_clip cache'})"
 
 
 def image_size(model: open_clip.CLIP) -> int:

@@ -27,13 +27,27 @@ def split_batch(batch_size: int, mixture: MixtureConfig, buffer_size: int, pool_
     return {"update": batch_size - n_buffer - n_pretraining, "buffer": n_buffer, "pretraining": n_pretraining}
 
 
-def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source: int, purpose: int = 0) -> np.ndarray:
+def blocked_permutation(rng: np.random.Generator, blocks: np.ndarray) -> np.ndarray:
+    """A random order that keeps each block's items together: blocks in random order, items shuffled within.
+
+    This is webdataset's shard shuffling plus a shuffle buffer of one shard, as a pure function of the generator.
+    """
+    order = np.argsort(blocks, kind="stable")
+    ids, starts = np.unique(blocks[order], return_index=True)
+    groups = np.split(order, starts[1:])
+    return np.concatenate([rng.permutation(groups[g]) for g in rng.permutation(len(ids))])
+
+
+def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source: int, purpose: int = 0,
+         blocks: np.ndarray | None = None) -> np.ndarray:
     """The `count` items a source contributes at `step`: consecutive positions of its seeded passes.
 
     Position p of the task's sequence is item `perm_e[p % N]` of pass `e = p // N`, where `perm_e` is a
     permutation drawn from a generator derived from (seed, task, source, e) — and `purpose` when it is
     not 0 (training), so a method's extra draws never coincide with training's. Cycling through passes
-    is how FiF gives each task exactly its number of samples whatever the task's size.
+    is how FiF gives each task exactly its number of samples whatever the task's size. With `blocks` (the
+    shard of each item, for sources that are streamed rather than read at random), each pass is a
+    `blocked_permutation`, so consecutive steps read one shard after another.
     """
     n = len(items)
     if count == 0 or n == 0:
@@ -42,7 +56,8 @@ def draw(items: np.ndarray, count: int, step: int, seed: int, task: int, source:
     out = np.empty((count,) + items.shape[1:], dtype=items.dtype)
     for epoch in np.unique(positions // n):
         key = [seed, task, source, int(epoch)] + ([purpose] if purpose else [])
-        perm = np.random.default_rng(key).permutation(n)
+        rng = np.random.default_rng(key)
+        perm = rng.permutation(n) if blocks is None else blocked_permutation(rng, blocks)
         mask = positions // n == epoch
         out[mask] = items[perm[positions[mask] % n]]
     return out

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from clipflux.config import EvaluateConfig
-from clipflux.data.shards import ShardReader
+from clipflux.data.pipeline import open_dataset
 from clipflux.subsets import validation_keys
 
 SEPARATOR = "+++"
@@ -122,7 +122,7 @@ def keys_by_class(shards: Path, manifests: dict[str, dict], held_out: EvaluateCo
     for name, manifest in manifests.items():
         if manifest["role"] not in ("adaptation", "tic") or "train" not in manifest["splits"] or not manifest["classes"]:
             continue
-        reader = ShardReader(Path(shards) / name, "train")
+        reader = open_dataset(shards, name, "train")
         classes = manifest["classes"]
         held = set()
         if held_out is not None and manifest["role"] == "adaptation":  # as evaluate.evaluation_sets holds out

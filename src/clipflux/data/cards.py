@@ -14,7 +14,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from clipflux.data.pipeline import load_datasets  # noqa: E402
+from clipflux.data.pipeline import load_datasets, open_dataset  # noqa: E402
 from clipflux.data.shards import ShardReader  # noqa: E402
 
 ROWS, COLS = 8, 6
@@ -73,7 +73,7 @@ def write_cards(shards: Path, out: Path) -> Path:
     parts.append("")
     for name, manifest in manifests.items():
         for split in manifest["splits"]:
-            reader = ShardReader(shards / name, split, verify=False)
+            reader = open_dataset(shards, name, split, verify=False)
             plot_grid(reader, manifest["classes"], f"{name} / {split}", out / f"{name}-{split}.png")
         parts.append(card(manifest))
     (out / "README.md").write_text("\n".join(parts))

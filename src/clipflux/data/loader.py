@@ -32,14 +32,15 @@ class StepBatches(torch.utils.data.Dataset):
         self.readers, self.sources, self.counts = readers, sources, counts
         self.seed, self.task, self.steps = seed, task, steps
         self.tokenizer, self.image_size, self.purpose = tokenizer, image_size, purpose
+        self.blocks = {name: shard_blocks(readers, items) for name, items in sources.items()}  # streamed sources
 
     def __len__(self) -> int:
         return self.steps
 
     def items(self, step: int) -> np.ndarray:
         """The (dataset id, index) pairs of the batch of `step`, update data first."""
-        parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i, self.purpose)
-                 for i, name in enumerate(SOURCES)]
+        parts = [draw(self.sources[name], self.counts[name], step, self.seed, self.task, i, self.purpose,
+                      self.blocks[name]) for i, name in enumerate(SOURCES)]
         return np.concatenate(parts)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
@@ -51,6 +52,21 @@ class StepBatches(torch.utils.data.Dataset):
             "texts": self.tokenizer([s["txt"] for s in samples]),
             "items": torch.as_tensor(items),
         }
+
+
+def shard_blocks(readers: list, items: np.ndarray) -> np.ndarray | None:
+    """The block of each item for a source with streamed datasets (their shard, per dataset), else None.
+
+    Sources read only from local shards (random access) get None and keep plain permutations.
+    """
+    streamed = {int(d) for d in np.unique(items[:, 0]) if getattr(readers[int(d)], "blocks", None) is not None}
+    if not streamed:
+        return None
+    shard = np.zeros(len(items), dtype=np.int64)
+    for d in streamed:
+        mask = items[:, 0] == d
+        shard[mask] = readers[d].blocks[items[mask, 1]]
+    return items[:, 0].astype(np.int64) * (1 << 32) + shard
 
 
 def index_items(reader_id: int, reader: ShardReader, keys: list[str] | None = None) -> np.ndarray:

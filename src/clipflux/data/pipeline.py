@@ -1,8 +1,14 @@
 """The data stages' work: generate the raw world (download) and turn raw data into shards (preprocess).
 
 Raw layout, per dataset: `<raw>/<dataset>/card.json` (the dataset card) and per split `<split>.npy`
-(uint8 images) with `<split>.jsonl` (one record per image). Real datasets land in the same layout
-(see the importers), so `preprocess` does not care where raw data came from.
+(uint8 images) with `<split>.jsonl` (one record per image).
+
+Imported datasets (`clipflux import`, see `clipflux.data.importers`) are shard folders already, wherever they
+are (`data.external` in params: a folder under data/external/ or a URL). `preprocess` does not copy them: it
+records their location and their manifest's sha256 in `<shards>/datasets.json`, the index every stage opens
+datasets through (`open_dataset`). Every stage downstream depends on the index, so a re-indexed import reruns
+what reads it; an import changed after indexing is refused by `open_dataset` until it is re-indexed (DVC cannot
+watch data/external itself without making the default pipeline need it).
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from clipflux.config import WorldConfig
-from clipflux.data.shards import load_manifest, write_shards
+from clipflux.data.shards import ShardError, load_manifest, write_shards
+from clipflux.data.sources import load_manifest_at, open_reader
 from clipflux.data.world import DatasetSpec, build_world, generate
 
 
@@ -99,24 +106,74 @@ def shard_dataset(dataset_dir: str | Path, out_dir: str | Path, shard_size: int)
     return manifest
 
 
-def preprocess(raw_dir: str | Path, shards_dir: str | Path, shard_size: int) -> dict[str, dict]:
-    """Shard every raw dataset (the preprocess stage); `shards_dir` is replaced as a whole.
+CARD_KEYS = ("name", "role", "task", "classes", "templates", "shift", "splits")
+
+
+def external_entry(name: str, location: str) -> dict:
+    """The index entry of an imported dataset: its role, task, location and manifest sha256 (checked)."""
+    manifest, digest = load_manifest_at(location)
+    missing = [k for k in CARD_KEYS if k not in manifest]
+    if missing:
+        raise ShardError(f"data.external.{name}: {location}/manifest.json lacks {missing}; import it with `clipflux import`")
+    if manifest["name"] != name:
+        raise ShardError(f"data.external.{name}: {location} holds dataset {manifest['name']!r}, not {name!r}")
+    return {"role": manifest["role"], "task": manifest["task"], "location": str(location), "manifest_sha256": digest}
+
+
+def preprocess(raw_dir: str | Path, shards_dir: str | Path, shard_size: int,
+               external: dict[str, str] | None = None) -> dict[str, dict]:
+    """Shard every raw dataset and index the imported ones (the preprocess stage); `shards_dir` is replaced.
+
+    Args:
+        raw_dir: the raw world (possibly empty).
+        shards_dir: the output folder.
+        shard_size: samples per shard of the world's datasets.
+        external: imported datasets, name -> location (`data.external`).
 
     Returns:
-        The manifests by dataset name; also written as `<shards_dir>/datasets.json` (name -> role, task).
+        The manifests by dataset name; the index is written as `<shards_dir>/datasets.json` (name -> role,
+        task, and for imported datasets location and manifest sha256).
     """
     raw_dir, shards_dir = Path(raw_dir), Path(shards_dir)
     if shards_dir.exists():
         shutil.rmtree(shards_dir)
+    shards_dir.mkdir(parents=True)
     manifests = {}
     for dataset_dir in tqdm(sorted(p for p in raw_dir.iterdir() if p.is_dir()), desc="preprocess", unit="dataset"):
         manifests[dataset_dir.name] = shard_dataset(dataset_dir, shards_dir / dataset_dir.name, shard_size)
     index = {name: {"role": m["role"], "task": m["task"]} for name, m in manifests.items()}
+    for name, location in sorted((external or {}).items()):
+        if name in index:
+            raise ShardError(f"data.external.{name}: the synthetic world has a dataset of that name; rename the import")
+        index[name] = external_entry(name, location)
+        manifests[name] = load_manifest_at(location)[0]
     _write_json(shards_dir / "datasets.json", index)
     return manifests
 
 
+def load_index(shards_dir: str | Path) -> dict[str, dict]:
+    """`<shards_dir>/datasets.json`: every dataset of the study, by name."""
+    return json.loads((Path(shards_dir) / "datasets.json").read_text())
+
+
 def load_datasets(shards_dir: str | Path) -> dict[str, dict]:
-    """Every dataset's manifest under a shards folder, by name."""
-    index = json.loads((Path(shards_dir) / "datasets.json").read_text())
-    return {name: load_manifest(Path(shards_dir) / name) for name in index}
+    """Every dataset's manifest (the world's and the imported ones), by name."""
+    out = {}
+    for name, entry in load_index(shards_dir).items():
+        out[name] = load_manifest_at(entry["location"])[0] if "location" in entry else load_manifest(Path(shards_dir) / name)
+    return out
+
+
+def open_dataset(shards_dir: str | Path, name: str, split: str, verify: bool = True):
+    """A reader of one split of a dataset of the study, wherever its shards are (see `clipflux.data.sources`).
+
+    Raises:
+        ShardError: the dataset is not in the index, or its imported manifest changed since preprocess.
+    """
+    index = load_index(shards_dir)
+    if name not in index:
+        raise ShardError(f"{shards_dir}: no dataset {name!r}; the study has {sorted(index)}")
+    entry = index[name]
+    if "location" not in entry:
+        return open_reader(Path(shards_dir) / name, split, verify)
+    return open_reader(entry["location"], split, verify, manifest_sha256=entry["manifest_sha256"])

@@ -45,15 +45,83 @@ def encode_png(image: np.ndarray) -> bytes:
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """HxWx3 uint8 array from PNG bytes."""
+    """HxWx3 uint8 array from image bytes (PNG, or any format Pillow reads: the JPEG of imported shards)."""
     with Image.open(io.BytesIO(data)) as img:
         return np.asarray(img.convert("RGB"))
+
+
+IMAGE_EXTS = ("png", "jpg", "jpeg", "webp")  # a sample's image member: the first of these it has
+
+
+def image_member(members: dict) -> str:
+    """The extension of a sample's image member."""
+    for ext in IMAGE_EXTS:
+        if ext in members:
+            return ext
+    raise ShardError(f"sample has no image member ({'/'.join(IMAGE_EXTS)}); it has {sorted(members)}")
+
+
+def decode_member(ext: str, data: bytes):
+    """A member's value: an HxWx3 array for images, a dict for json, a str for txt."""
+    if ext in IMAGE_EXTS:
+        return decode_png(data)
+    return json.loads(data) if ext == "json" else data.decode()
+
+
+class ShardWriter:
+    """Writes samples one at a time into `<split>-NNNNNN.tar` shards of `shard_size` samples each.
+
+    Every shard is written to a temporary file, fsynced and renamed, so a shard that exists is complete.
+    Members are written with fixed ownership and times, so the same samples give byte-identical shards.
+
+    Args:
+        out_dir: the dataset's shard folder.
+        split: names the shards.
+        shard_size: samples per shard.
+    """
+
+    def __init__(self, out_dir: str | Path, split: str, shard_size: int):
+        self.out_dir, self.split, self.shard_size = Path(out_dir), split, shard_size
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.shards: list[dict] = []
+        self._file = self._writer = None
+        self._count = 0
+
+    def add(self, key: str, image_ext: str, image: bytes, caption: str, meta: dict) -> None:
+        """Append one sample: its image bytes (`image_ext`: png or jpg), caption and metadata (the json member)."""
+        if self._writer is None:
+            self._open()
+        self._writer.write({"__key__": key, image_ext: image, "txt": caption, "json": meta})
+        self._count += 1
+        if self._count == self.shard_size:
+            self._close()
+
+    def close(self) -> list[dict]:
+        """Finish the last shard; returns one entry per shard: file name, sample count and sha256."""
+        if self._writer is not None:
+            self._close()
+        return self.shards
+
+    def _open(self) -> None:
+        self._name = f"{self.split}-{len(self.shards):06d}.tar"
+        self._file = open(self.out_dir / f".{self._name}.tmp", "wb")
+        self._writer = wds.TarWriter(self._file, user="clipflux", group="clipflux", mode=0o444, mtime=0.0)
+
+    def _close(self) -> None:
+        self._writer.close()  # ends the tar stream; the file stays ours to sync and close
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self.out_dir / f".{self._name}.tmp", self.out_dir / self._name)
+        self.shards.append({"file": self._name, "count": self._count, "sha256": sha256_file(self.out_dir / self._name)})
+        self._file = self._writer = None
+        self._count = 0
 
 
 def write_shards(
     out_dir: str | Path, split: str, images: np.ndarray, records: list[dict], shard_size: int
 ) -> list[dict]:
-    """Write samples as `<split>-NNNNNN.tar` shards, each written atomically (temporary file, rename).
+    """Write samples as `<split>-NNNNNN.tar` shards (see `ShardWriter`).
 
     Args:
         out_dir: the dataset's shard folder.
@@ -65,23 +133,11 @@ def write_shards(
     Returns:
         One entry per shard: file name, sample count and sha256.
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    shards = []
-    for number, start in enumerate(range(0, len(records), shard_size)):
-        name = f"{split}-{number:06d}.tar"
-        tmp = out_dir / f".{name}.tmp"
-        with open(tmp, "wb") as f:
-            writer = wds.TarWriter(f, user="clipflux", group="clipflux", mode=0o444, mtime=0.0)
-            for image, record in zip(images[start : start + shard_size], records[start : start + shard_size]):
-                meta = {k: v for k, v in record.items() if k not in ("key", "caption")}
-                writer.write({"__key__": record["key"], "png": encode_png(image), "txt": record["caption"], "json": meta})
-            writer.close()
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out_dir / name)
-        shards.append({"file": name, "count": len(records[start : start + shard_size]), "sha256": sha256_file(out_dir / name)})
-    return shards
+    writer = ShardWriter(out_dir, split, shard_size)
+    for image, record in zip(images, records):
+        meta = {k: v for k, v in record.items() if k not in ("key", "caption")}
+        writer.add(record["key"], "png", encode_png(image), record["caption"], meta)
+    return writer.close()
 
 
 def verify_shards(shard_dir: str | Path, manifest: dict, split: str) -> None:
@@ -149,13 +205,15 @@ class ShardReader:
         return len(self.entries)
 
     def read(self, index: int, exts: tuple[str, ...] = ("png", "txt", "json")) -> dict:
-        """The decoded members of sample `index`: "png" as an HxWx3 array, "txt" as str, "json" as dict."""
+        """The decoded members of sample `index`: "png" as an HxWx3 array, "txt" as str, "json" as dict.
+
+        "png" names the sample's image whatever its format (an imported shard may hold "jpg").
+        """
         entry = self.entries[index]
         out: dict = {"key": self.keys[index]}
         with open(self.shard_dir / entry.shard, "rb") as f:
             for ext in exts:
-                offset, size = entry.members[ext]
+                offset, size = entry.members[image_member(entry.members) if ext == "png" else ext]
                 f.seek(offset)
-                data = f.read(size)
-                out[ext] = decode_png(data) if ext == "png" else json.loads(data) if ext == "json" else data.decode()
+                out[ext] = decode_member(ext, f.read(size))
         return out
