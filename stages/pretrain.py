@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from clipflux import checkpoint
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
@@ -58,6 +59,7 @@ def main() -> None:
         continue_run(run, trainer.resume())
         trainer.fit()
         save_weights(model, args.out)
+        checkpoint.prune(args.checkpoints, keep=1)  # finished: only the final state stays (DVC caches the folder)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
     run_tracked("pretrain", config, work)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflux import checkpoint
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
 from clipflux.data.loader import index_items
@@ -66,7 +67,8 @@ def main() -> None:
     model, tokenizer = create_model(params.model)
     load_weights(model, args.base)
     kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
-    if args.start_over:
+    finished = (checkpoint.newest_task(args.checkpoints) or 0) >= len(tasks)
+    if args.start_over or (finished and not kept.exists()):  # a finished run's task weights live in --out only
         clear(args.checkpoints)
 
     def work(run) -> dict:
@@ -78,6 +80,9 @@ def main() -> None:
         args.out.mkdir(parents=True, exist_ok=True)
         for t in range(len(tasks)):
             shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
+        # Finished: the checkpoints folder (cached by DVC) keeps only the final state, not copies of --out.
+        shutil.rmtree(kept)
+        checkpoint.prune(args.checkpoints, keep=1)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
     run_tracked("train", config, work)

@@ -48,10 +48,21 @@ def save(directory: str | Path, task: int, step: int, state: dict[str, Any], kee
     path = directory / f"ckpt-{task:04d}-{step:08d}.pt"
     _atomic_write(path, data)
     _atomic_write(path.with_name(path.name + ".sha256"), hashlib.sha256(data).hexdigest().encode())
-    for old in sorted(directory.glob("ckpt-*.pt"))[:-keep]:
+    prune(directory, keep)
+    return path
+
+
+def prune(directory: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` checkpoints (a finished run keeps one: DVC caches the folder)."""
+    for old in sorted(Path(directory).glob("ckpt-*.pt"))[:-keep]:
         old.unlink()
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
-    return path
+
+
+def newest_task(directory: str | Path) -> int | None:
+    """The task position of the newest checkpoint in `directory` (from its name), or None when there is none."""
+    names = sorted(Path(directory).glob("ckpt-*.pt"))
+    return int(names[-1].name.split("-")[1]) if names else None
 
 
 def load_latest(directory: str | Path) -> dict[str, Any] | None:
