@@ -25,7 +25,7 @@ import torch
 from clipflux import checkpoint
 from clipflux.config import load_params
 from clipflux.methods import build_method
-from clipflux.models import create_model
+from clipflux.models import create_model, image_size
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -49,7 +49,7 @@ def main() -> None:
     loss_of = build_method("finetune", None).loss
 
     def step_time(batch_size: int) -> float:
-        images = torch.randn(batch_size, 3, 32, 32)
+        images = torch.randn(batch_size, 3, image_size(model), image_size(model))
         texts = tokenizer(["a red circle"] * batch_size)
 
         def step() -> None:

@@ -16,7 +16,7 @@ from clipflux.methods.adapters import merged_state_dict
 from clipflux.methods.base import clip_loss
 from clipflux.methods.lwf import similarity_kl
 from clipflux.methods.weights import snapshot
-from clipflux.models import create_model, state_sha256
+from clipflux.models import create_model, image_size, state_sha256
 from clipflux.train import Loop, Trainer
 
 from conftest import REPO
@@ -95,7 +95,8 @@ def test_every_method_trains_two_tasks_and_changes_only_its_trainable_parameters
     evaluated = run["eval"]
     assert set(evaluated.state_dict()) == set(plain.state_dict())  # evaluate/save see a plain open_clip model
     with torch.no_grad():
-        image = evaluated.encode_image(torch.zeros(2, 3, 32, 32))
+        size = image_size(evaluated)
+        image = evaluated.encode_image(torch.zeros(2, 3, size, size))
     assert torch.isfinite(image).all()
 
 
@@ -148,7 +149,8 @@ def test_selective_methods_change_exactly_the_parameters_they_select(name, tiny_
 def _batch(tokenizer, n: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     captions = ["a red circle", "two small squares", "a hexagon on blue", "the digit 7"] * (n // 4 + 1)
-    return {"images": torch.randn(n, 3, 32, 32, generator=g), "texts": tokenizer(captions[:n])}
+    size = image_size(_model()[0])
+    return {"images": torch.randn(n, 3, size, size, generator=g), "texts": tokenizer(captions[:n])}
 
 
 def _perturb_trainable(model: torch.nn.Module, scale: float = 0.05) -> None:
