@@ -84,7 +84,7 @@ def _pairs(entries: list[dict]) -> set[tuple[str, str]]:
 
 def test_every_run_lands_with_config_lineage_and_exact_metrics(project, db):
     runs = _runs(db)
-    assert set(runs) == {"pretrain", "train@finetune", "evaluate@finetune"}
+    assert set(runs) == {"pretrain", "train@finetune", "evaluate_base", "evaluate@finetune"}
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     manifests = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
