@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -29,3 +31,14 @@ def tiny_shards(tmp_path_factory) -> Path:
     generate_world(TINY_WORLD, root / "raw", progress=False)
     preprocess(root / "raw", root / "shards", TINY_WORLD.shard_size)
     return root / "shards"
+
+
+def copy_repository(root: Path) -> Path:
+    """Copy the repository's files (tracked and new, as git sees them) into `root`; returns `root`."""
+    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, files):
+        if (REPO / name).is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    return root

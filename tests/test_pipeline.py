@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import copy_repository
 
 BIN = Path(sys.executable).parent
 TINY = {
@@ -41,12 +40,7 @@ def _run(cmd: list[str], cwd: Path) -> str:
 def clone(tmp_path_factory) -> Path:
     """The repository's files (tracked and new, as git sees them) committed into a fresh git repository."""
     root = tmp_path_factory.mktemp("clone")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_repository(root)
     params = _merge(yaml.safe_load((root / "params.yaml").read_text()), TINY)
     params["experiments"] = {k: v for k, v in params["experiments"].items() if k in EXPERIMENTS}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +19,7 @@ import webdataset as wds
 import yaml
 from PIL import Image
 
-from conftest import REPO
+from conftest import copy_repository
 
 BIN = Path(sys.executable).parent
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
@@ -70,12 +69,7 @@ def _inputs(root: Path) -> None:
 def study(tmp_path_factory) -> Path:
     """The repository's files in a fresh git repository, with three imported datasets and a tiny study on them."""
     root = tmp_path_factory.mktemp("study")
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
+    copy_repository(root)
     inputs = tmp_path_factory.mktemp("inputs")
     _inputs(inputs)
     common = ["--image-size", "32", "--image-format", "png", "--shard-size", "16"]

@@ -1,4 +1,6 @@
-"""Streams: ordered lists of `dataset+++classname` (FiF's format) chunked into tasks. Pure functions, but for `keys_by_class`.
+"""Streams: ordered lists of `dataset+++classname` (FiF's format) chunked into tasks.
+
+Pure functions, but for `keys_by_class`, which reads the shards.
 
 A stream file (`streams/<name>.json`) is a JSON list of `dataset+++classname` entries; its order is the
 order in which classes arrive. `chunk` splits it into `num_tasks` tasks of `len // num_tasks` classes,
