@@ -160,8 +160,11 @@ def _saved_bytes(step: _Step, batch: dict[str, torch.Tensor], known: set[int]) -
     saved: list[weakref.ref] = []
 
     def pack(tensor: torch.Tensor) -> torch.Tensor:
-        saved.append(weakref.ref(tensor))
-        return tensor
+        # The graph keeps a detached alias: the same storage, without the reference cycle that a saved output
+        # holding its own grad_fn would make (which would keep the graph, and the model, alive after the step).
+        alias = tensor.detach()
+        saved.append(weakref.ref(alias))
+        return alias
 
     with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
         loss = step(batch["images"], batch["texts"])

@@ -64,6 +64,7 @@ def print_budget(args: argparse.Namespace) -> None:
 
     from clipflux import budget
     from clipflux.config import BudgetConfig, load_params
+    from clipflux.models import image_size
 
     params = load_params()
     name = args.model or params.model.name
@@ -74,7 +75,7 @@ def print_budget(args: argparse.Namespace) -> None:
     rows = budget.compare(params, args.methods or list(params.methods), model, batch_size, finetune_steps, cfg,
                           cuda=args.cuda)
     memory = "CUDA allocator peak" if args.cuda else "accounted"
-    print(f"{name} at {budget.image_size(model)} px, batch {batch_size}; budget per task: "
+    print(f"{name} at {image_size(model)} px, batch {batch_size}; budget per task: "
           f"{rows[0]['budget_gflops_per_task']:,.1f} GFLOPs ({args.measure}, full finetuning: "
           f"{rows[0]['finetune_steps_per_task']:,} steps); memory {memory}; GFLOPs count multiply-adds\n")
     print(budget.table(rows, args.tasks))
