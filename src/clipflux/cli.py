@@ -76,7 +76,7 @@ def print_budget(args: argparse.Namespace) -> None:
                           cuda=args.cuda)
     memory = "CUDA allocator peak" if args.cuda else "accounted"
     print(f"{name} at {image_size(model)} px, batch {batch_size}; budget per task: "
-          f"{rows[0]['budget_gflops_per_task']:,.1f} GFLOPs ({args.measure}, full finetuning: "
+          f"{rows[0]['budget_gflops_per_task']:,.0f} GFLOPs ({args.measure}, full finetuning: "
           f"{rows[0]['finetune_steps_per_task']:,} steps); memory {memory}; GFLOPs count multiply-adds\n")
     print(budget.table(rows, args.tasks))
 
