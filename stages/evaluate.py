@@ -115,7 +115,9 @@ def main() -> None:
             rows.append(row)
             faults.reached("evaluate")
             log_row(run, row)
-        settings = {"validation": cfg.validation, "subset": cfg.subset, "seed": cfg.seed, "skipped": skipped}
+        budget = args.models / "budget.json"  # what the train stage allotted (absent for weights from elsewhere)
+        settings = {"validation": cfg.validation, "subset": cfg.subset, "seed": cfg.seed, "skipped": skipped,
+                    "budget": json.loads(budget.read_text()) if budget.exists() else None}
         evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")

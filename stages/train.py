@@ -3,13 +3,13 @@
 import argparse
 import dataclasses
 import json
-import math
 import shutil
 from pathlib import Path
 
 import numpy as np
 
 from clipflux import checkpoint
+from clipflux.budget import plan
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
 from clipflux.data.loader import index_items
@@ -49,7 +49,9 @@ def main() -> None:
         readers.append(open_dataset(args.shards, params.data.pool, "train"))
         pool = index_items(len(readers) - 1, readers[-1])
 
-    steps = math.ceil(cfg.samples_per_task / cfg.optim.batch_size)
+    budget = plan(params, exp.method)  # steps per task from the compute budget (deterministic: no timing)
+    steps = budget["steps_per_task"]
+    print(f"train {args.experiment}: {exp.method} trains {steps} steps per task (budget: {params.budget.measure})")
     config = {
         "experiment": args.experiment,
         "method": exp.method,
@@ -60,6 +62,7 @@ def main() -> None:
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(params.model),
         "steps_per_task": steps,
+        "budget": budget,
         "num_tasks": len(tasks),
     }
     loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers,
@@ -78,6 +81,7 @@ def main() -> None:
         continue_run(run, trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "budget.json").write_text(json.dumps(budget, indent=1) + "\n")
         for t in range(len(tasks)):
             shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
         # Finished: the checkpoints folder (cached by DVC) keeps only the final state, not copies of --out.

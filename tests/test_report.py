@@ -104,3 +104,13 @@ def test_time_ordered_runs_get_tic_panels_and_a_tic_table(tmp_path):
     plot_trajectories([tic], tmp_path / "t.png")
     plot_final_gm([tic], tmp_path / "g.png")
     assert _is_png(tmp_path / "t.png") and _is_png(tmp_path / "g.png")
+
+
+def test_markdown_shows_the_budget_each_method_got():
+    budgets = {"finetune": {"measure": "maf", "steps_per_task": 32, "samples_per_task": 2048, "gflops_per_sample": 0.1234,
+                            "memory_multiplier": 1.0, "maf_per_sample": 0.1234, "budget_used": 1.0},
+               "lora": {"measure": "samples", "steps_per_task": 32, "samples_per_task": 2048}}
+    text = markdown_summary([e | {"budget": budgets[e["experiment"]]} for e in EVALUATIONS])
+    assert "| finetune | finetune | maf | 32 | 2048 | 0.123 | 1 | 0.123 | 100.0% |" in text
+    assert "| lora | lora | samples | 32 | 2048 | – | – | – | – |" in text
+    assert "Compute budget" not in markdown_summary(EVALUATIONS)

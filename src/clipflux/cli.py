@@ -24,6 +24,18 @@ def main(argv: list[str] | None = None) -> None:
     cards.add_argument("--shards", type=Path, default=Path("data/shards"))
     cards.add_argument("--out", type=Path, default=Path("reports/datasets"))
     data_commands.add_parsers(sub)
+    budget = sub.add_parser("budget", help="FiF's Table 4: per method GFLOPs, memory, MAF and steps per task")
+    budget.add_argument("--model", help="an architecture (default: params.yaml model.name)")
+    budget.add_argument("--image-size", type=int, help="image side in pixels (default: the architecture's)")
+    budget.add_argument("--batch-size", type=int, help="default: params.yaml train.optim.batch_size")
+    budget.add_argument("--tasks", type=int, default=20, help="tasks of the stream, for the total samples (FiF: 20)")
+    budget.add_argument("--finetune-steps", type=int,
+                        help="full finetuning's steps per task (default: train.samples_per_task / batch size)")
+    budget.add_argument("--gflops-per-task", type=float, help="a budget in GFLOPs per task instead")
+    budget.add_argument("--measure", choices=["maf", "flops"], default="maf",
+                        help="memory-adjusted FLOPs (FiF) or FLOPs alone")
+    budget.add_argument("--methods", nargs="+", help="default: every method of params.yaml")
+    budget.add_argument("--cuda", action="store_true", help="memory: the CUDA allocator's peak over real steps")
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "write-streams":
@@ -40,8 +52,33 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {write_cards(args.shards, args.out)}")
     elif args.command in data_commands.COMMANDS:
         data_commands.run(args)
+    elif args.command == "budget":
+        print_budget(args)
     elif args.command in tracking_commands.COMMANDS:
         tracking_commands.run(args)
+
+
+def print_budget(args: argparse.Namespace) -> None:
+    """`clipflux budget`: profile the methods on the model and print the table (settings from params.yaml)."""
+    import math
+
+    from clipflux import budget
+    from clipflux.config import BudgetConfig, load_params
+    from clipflux.models import image_size
+
+    params = load_params()
+    name = args.model or params.model.name
+    batch_size = args.batch_size or params.train.optim.batch_size
+    finetune_steps = args.finetune_steps or math.ceil(params.train.samples_per_task / batch_size)
+    cfg = BudgetConfig(measure=args.measure, gflops_per_task=args.gflops_per_task)
+    model = budget.build_model(name, args.image_size)
+    rows = budget.compare(params, args.methods or list(params.methods), model, batch_size, finetune_steps, cfg,
+                          cuda=args.cuda)
+    memory = "CUDA allocator peak" if args.cuda else "accounted"
+    print(f"{name} at {image_size(model)} px, batch {batch_size}; budget per task: "
+          f"{rows[0]['budget_gflops_per_task']:,.0f} GFLOPs ({args.measure}, full finetuning: "
+          f"{rows[0]['finetune_steps_per_task']:,} steps); memory {memory}; GFLOPs count multiply-adds\n")
+    print(budget.table(rows, args.tasks))
 
 
 if __name__ == "__main__":

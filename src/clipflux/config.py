@@ -146,6 +146,25 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class BudgetConfig:
+    """The compute budget of each task, from which every method's steps per task follow (FiF, Table 4).
+
+    Attributes:
+        measure: "maf" (FiF's memory-adjusted FLOPs: FLOPs x peak memory relative to full finetuning), "flops"
+            (FLOPs alone) or "samples" (no budget: every method trains `train.samples_per_task` samples).
+        gflops_per_task: the budget of each task in GFLOPs (at full finetuning's memory for "maf"); None = what
+            full finetuning spends on `train.samples_per_task` samples.
+    """
+
+    measure: Literal["maf", "flops", "samples"]
+    gflops_per_task: float | None = None
+
+    def validate(self, path: str) -> None:
+        if self.gflops_per_task is not None and not self.gflops_per_task > 0:
+            raise ConfigError(f"{path}.gflops_per_task: must be > 0 or null, got {self.gflops_per_task!r}")
+
+
+@dataclass(frozen=True)
 class StreamConfig:
     """A FiF-format stream file and the number of tasks it is chunked into."""
 
@@ -209,6 +228,7 @@ class Params:
     pretrain: PretrainConfig
     streams: dict[str, StreamConfig]
     train: TrainConfig
+    budget: BudgetConfig
     methods: dict[str, dict[str, Any]]
     experiments: dict[str, ExperimentConfig]
     evaluate: EvaluateConfig
@@ -345,6 +365,7 @@ def _type_name(tp: Any) -> str:
 
 
 __all__ = [
+    "BudgetConfig",
     "BufferConfig",
     "ConfigError",
     "DataConfig",

@@ -253,6 +253,7 @@ def markdown_summary(evaluations: list[dict], images: dict[str, str] | None = No
         lines += [f"| {r['experiment']} | {r['method']} | {r['dataset']} | {r['metric']} | "
                   + " | ".join(_fmt(r.get(k)) for k in ("in_domain", "backward", "forward", "bwt", "fwt")) + " |"
                   for r in tic]
+    lines += _budget_section(evaluations)
     settings = evaluations[0] if evaluations else {}
     if settings.get("validation"):
         lines += ["", "**Validation mode**: scores are on held-out training samples, not on test data."]
@@ -263,6 +264,26 @@ def markdown_summary(evaluations: list[dict], images: dict[str, str] | None = No
     for e in evaluations:
         lines += _experiment_section(e, images.get(f"heatmap/{e['experiment']}"))
     return "\n".join(lines) + "\n"
+
+
+def _budget_section(evaluations: list[dict]) -> list[str]:
+    """The steps and samples per task each experiment got from the compute budget, and what they cost."""
+    budgets = [(e, e["budget"]) for e in evaluations if e.get("budget")]
+    if not budgets:
+        return []
+    lines = ["", "Compute budget per task (README: Compute budgets): each method trains the most steps whose cost fits",
+             "what full finetuning spends on `train.samples_per_task` samples; cost = GFLOPs (multiply-adds, the",
+             "method's extra work such as EWC's Fisher amortised per sample), times memory relative to full",
+             "finetuning for MAF.", "",
+             "| experiment | method | budget | steps/task | samples/task | GFLOPs/sample | memory × | MAF/sample "
+             "| budget used |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for e, b in budgets:
+        costs = [f"{b[k]:.3g}" if k in b else "–" for k in ("gflops_per_sample", "memory_multiplier", "maf_per_sample")]
+        used = f"{100 * b['budget_used']:.1f}%" if "budget_used" in b else "–"
+        lines.append(f"| {e['experiment']} | {e['method']} | {b['measure']} | {b['steps_per_task']} "
+                     f"| {b['samples_per_task']} | " + " | ".join(costs) + f" | {used} |")
+    return lines
 
 
 def _experiment_section(e: dict, heatmap: str | None) -> list[str]:

@@ -35,6 +35,22 @@ class TaskContext:
     batches: Callable[[int], Iterable[dict[str, torch.Tensor]]]
 
 
+@dataclass(frozen=True)
+class ExtraWork:
+    """Work a method does besides its training steps, in the units the compute budget counts (`clipflux.budget`).
+
+    Attributes:
+        gradient_batches_per_task: forward and backward passes over training batches at the end of each task
+            (EWC's Fisher estimate), each counted as a training step.
+        weight_passes_per_step: multiply-adds per model parameter after every optimizer step (EMA's update).
+        weight_passes_per_task: multiply-adds per model parameter at the end of each task (merging).
+    """
+
+    gradient_batches_per_task: int = 0
+    weight_passes_per_step: int = 0
+    weight_passes_per_task: int = 0
+
+
 def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
     """Class decorator: register a method under `name` (explicitly, no import side effects elsewhere)."""
 
@@ -81,6 +97,13 @@ class Method:
     def steps_for_task(self, task: int, steps: int) -> int:
         """Optimizer steps for task `task` given the per-task budget `steps` (TiC's Oracle takes (t+1) x)."""
         return steps
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        """What the method computes besides its training steps in a task of `steps` steps (for the budget).
+
+        Work inside a step, such as a teacher's forward in `loss`, is counted from the traced step instead.
+        """
+        return ExtraWork()
 
     def buffer_policy(self) -> tuple[str, int] | None:
         """(policy, capacity) of the replay buffer this method needs, or None for the experiment's own."""

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from clipflux.config import ConfigError
-from clipflux.methods.base import Method, register
+from clipflux.methods.base import ExtraWork, Method, register
 from clipflux.methods.weights import clone_tensors, snapshot, with_weights
 
 
@@ -41,6 +41,9 @@ class EMA(Method):
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
         self.average = snapshot(model)
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        return ExtraWork(weight_passes_per_step=1)  # one lerp per weight
 
     def after_step(self) -> None:
         with torch.no_grad():

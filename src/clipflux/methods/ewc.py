@@ -14,13 +14,14 @@ most `max_fim_samples` samples of the task, drawn from the task context's separa
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from clipflux.config import ConfigError
-from clipflux.methods.base import Method, TaskContext, clip_loss, register
+from clipflux.methods.base import ExtraWork, Method, TaskContext, clip_loss, register
 from clipflux.methods.weights import clone_tensors, quadratic_penalty, trainable, trainable_values
 
 
@@ -75,6 +76,12 @@ class EWC(Method):
 
     def loss(self, batch: dict[str, torch.Tensor], out: tuple) -> torch.Tensor:
         return clip_loss(out) + self.params.e_lambda / 2 * self.penalty()
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        # The Fisher: a forward and backward pass per batch of the task (until max_fim_samples), squaring and
+        # summing each gradient, then one decay-and-add into the running Fisher.
+        batches = min(steps, math.ceil(self.params.max_fim_samples / batch_size))
+        return ExtraWork(gradient_batches_per_task=batches, weight_passes_per_task=batches + 1)
 
     def end_task(self, task: TaskContext) -> None:
         fresh = diagonal_fisher(self.model, task.batches(task.steps), self.params.max_fim_samples)

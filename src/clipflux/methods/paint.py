@@ -22,7 +22,7 @@ import torch
 
 from clipflux.config import ConfigError
 from clipflux.methods import merging
-from clipflux.methods.base import Method, TaskContext, register
+from clipflux.methods.base import ExtraWork, Method, TaskContext, register
 from clipflux.methods.weights import StateDict, clone_tensors, load_weights_, snapshot, with_weights
 
 
@@ -52,6 +52,12 @@ class PaintParams:
             raise ConfigError(f"{path}.alpha: must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.density <= 1.0:
             raise ConfigError(f"{path}.density: must be in (0, 1], got {self.density}")
+
+
+# Multiply-adds per weight of one merge (for the compute budget): interpolation, one lerp; slerp, three dot
+# products and the weighted sum; task arithmetic, two task vectors, their sum and the scaled add; TIES, the
+# task vectors, magnitudes, sign sums, the disjoint mean and the add; DARE-TIES, the rescaling besides.
+MERGE_PASSES = {"interpolation": 1, "slerp": 5, "task_arithmetic": 4, "ties": 8, "dare_ties": 9}
 
 
 def merge_into(params: PaintParams, merged: StateDict, finetuned: StateDict, zeroshot: StateDict,
@@ -87,6 +93,9 @@ class Paint(Method):
         if task.index == 0 or self.params.train_from == "finetuned":
             return
         load_weights_(self.model, self.merged if self.params.train_from == "merged" else self.zeroshot)
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator])
 
     def end_task(self, task: TaskContext) -> None:
         self.merged = merge_into(self.params, self.merged, snapshot(self.model), self.zeroshot, task.index)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from clipflux.config import ConfigError
-from clipflux.methods.base import Method, TaskContext, register
+from clipflux.methods.base import ExtraWork, Method, TaskContext, register
 from clipflux.methods.merging import interpolate
 from clipflux.methods.weights import clone_tensors, load_weights_, snapshot, with_weights
 
@@ -46,6 +46,9 @@ class Patching(Method):
     def begin_task(self, task: TaskContext) -> None:
         if self.patched is not None:
             load_weights_(self.model, self.patched)
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        return ExtraWork(weight_passes_per_task=1)  # one interpolation per weight
 
     def end_task(self, task: TaskContext) -> None:
         trained = snapshot(self.model)

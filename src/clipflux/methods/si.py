@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from clipflux.config import ConfigError
-from clipflux.methods.base import Method, TaskContext, clip_loss, register
+from clipflux.methods.base import ExtraWork, Method, TaskContext, clip_loss, register
 from clipflux.methods.weights import clone_tensors, quadratic_penalty, trainable, trainable_values
 
 
@@ -61,6 +61,11 @@ class SI(Method):
     def begin_task(self, task: TaskContext) -> None:
         self.path = {n: torch.zeros_like(v) for n, v in self.anchor.items()}
         self.previous = trainable_values(self.model)
+
+    def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
+        # per step: the step taken and its product with the gradient; per task: the normalised importance
+        # (difference, square-and-add, division) and its accumulation
+        return ExtraWork(weight_passes_per_step=2, weight_passes_per_task=4)
 
     def after_step(self) -> None:
         with torch.no_grad():
