@@ -255,6 +255,13 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
     return sets, skipped
 
 
+def preload(sets: dict[str, EvalSet]) -> None:
+    """Decode every image (and retrieval caption) that `sets` evaluate into RAM once (`evaluate.preload`),
+    so the evaluations of later model states skip reading and decoding the shards."""
+    for s in sets.values():
+        s.reader.preload(s.full, ("png", "txt") if s.manifest["task"] == "retrieval" else ("png",))
+
+
 def _pairs(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:
     """One integer per distinct (label, group) pair."""
     _, group_ids = np.unique(groups, return_inverse=True)
