@@ -102,13 +102,13 @@ def gather(obj: Any, placement: Placement) -> list[Any]:
     return out
 
 
-def mean(value: torch.Tensor, placement: Placement) -> float:
-    """The mean over ranks of a scalar (e.g. each rank's loss), as a float."""
+def mean(values: torch.Tensor, placement: Placement) -> list[float]:
+    """The mean over ranks of each element of a 1-d tensor (e.g. each rank's losses of the last steps)."""
     if not placement.distributed:
-        return value.item()
-    total = value.detach().float().reshape(1).clone()
+        return values.tolist()
+    total = values.detach().float().clone()
     dist.all_reduce(total)  # a sum: gloo has no average
-    return total.item() / placement.world_size
+    return [v / placement.world_size for v in total.tolist()]
 
 
 def _collective_device(placement: Placement) -> torch.device:

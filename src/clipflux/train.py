@@ -272,6 +272,7 @@ class Trainer:
         bar = tqdm(self._loader(task, start_step), total=steps, initial=start_step, disable=not self.placement.primary,
                    desc=f"task {task + 1}/{len(self.tasks)}", unit="step", mininterval=5.0)
         params = self.method.trainable_parameters()
+        unlogged: list[tuple[int, torch.Tensor, float]] = []
         for step, batch in enumerate(bar, start=start_step):
             if step == start_step or step % self.loop.checkpoint_every == 0:
                 network = self._wrap()
@@ -292,15 +293,25 @@ class Trainer:
             with torch.no_grad():  # open_clip caps the temperature at 100
                 self.model.logit_scale.clamp_(0, math.log(100))
             self.method.after_step()
-            # 3) log (rank 0: the mean loss over ranks) and checkpoint
-            global_step, value = offset + step, distributed.mean(loss.detach(), self.placement)
-            if self.placement.primary:
-                self.log_scalar("train/loss", value, global_step)
-                self.log_scalar("train/lr", lr, global_step)
-                bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+            # 3) log at each checkpoint and at the task's end (reading the loss makes the loop wait for the
+            #    device, so it is read then, for all steps since), and checkpoint
+            unlogged.append((offset + step, loss.detach(), lr))
             faults.reached("step")
+            if (step + 1) % self.loop.checkpoint_every == 0 or step + 1 == steps:
+                self._log(unlogged, bar)
+                unlogged = []
             if (step + 1) % self.loop.checkpoint_every == 0 and step + 1 < steps:
                 self._save(task, step + 1)
+
+    def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: tqdm) -> None:
+        """Log the loss (rank 0: the mean over ranks) and learning rate of each (global step, loss, lr)."""
+        losses = distributed.mean(torch.stack([loss for _, loss, _ in unlogged]), self.placement)
+        if not self.placement.primary:
+            return
+        for (global_step, _, lr), loss in zip(unlogged, losses):
+            self.log_scalar("train/loss", loss, global_step)
+            self.log_scalar("train/lr", lr, global_step)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
