@@ -33,6 +33,7 @@ from clipflux.data.pipeline import generate_world, preprocess
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model
+from clipflux.tracking import configure_torch
 from clipflux.train import Loop, Trainer
 
 from common import machine, table
@@ -42,8 +43,7 @@ def worker(shards: Path, threads: int, steps: int, out: Path) -> None:
     """One rank: a warm-up task, then one timed task; rank 0 writes samples/s to `out`."""
     params = load_params()
     cfg = params.train
-    torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True)
+    configure_torch(threads)  # as the stages: deterministic algorithms
     placement = distributed.start("cpu")
     readers = [ShardReader(shards / d, "train") for d in ("novel_shapes", "textures", "pool")]
     tasks = [index_items(0, readers[0]), index_items(1, readers[1])]

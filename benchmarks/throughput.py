@@ -30,6 +30,7 @@ from clipflux.config import MixtureConfig, ModelConfig, load_params
 from clipflux.distributed import Placement
 from clipflux.methods import build_method
 from clipflux.models import create_model
+from clipflux.tracking import configure_torch
 from clipflux.train import Loop, Trainer
 
 from common import (adamw, bare_open_clip_steps, datasheet_peak, machine, matmul_peak, memory_batches, sync, table,
@@ -81,8 +82,7 @@ def main() -> None:
     name, optim = args.model or params.model.name, params.train.optim
     if args.batch:
         optim = type(optim)(**{**optim.__dict__, "batch_size": args.batch})
-    torch.set_num_threads(args.threads or params.train.threads)
-    torch.use_deterministic_algorithms(True)
+    configure_torch(args.threads or params.train.threads)  # as the stages: deterministic algorithms
     device = torch.device(args.device)
 
     ours, tokenizer = _model(name, device)
