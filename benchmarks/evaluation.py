@@ -64,7 +64,7 @@ def main() -> None:
         evaluate_state(evaluator, sets, True, desc="warm-up")
         from_shards = _per_state(evaluator, tmp / "state.pt", sets, args.states)
         start = time.perf_counter()
-        preload(sets)
+        sets = preload(sets)
         loading = time.perf_counter() - start
         in_memory = _per_state(evaluator, tmp / "state.pt", sets, args.states)
 

@@ -94,7 +94,7 @@ def main() -> None:
     for name, why in skipped.items():
         print(f"evaluate: {name} left out: {why}")
     if cfg.preload:
-        preload(sets)
+        sets = preload(sets)
     datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
     states = [args.base] + sorted(args.models.glob("task_*.pt"))  # states[0] unread with --base-rows
     plan = evaluation_plan(len(states), cfg.subset)

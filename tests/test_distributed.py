@@ -45,7 +45,7 @@ def test_rank_slices_partition_each_batch(world_size, per_rank, buffer, pool, st
     items = {name: np.stack([np.full(n, i), np.arange(n)], axis=1)
              for i, (name, n) in enumerate({"update": 13, "buffer": buffer, "pretraining": pool}.items())}
     counts = split_batch(batch, MixtureConfig(0.5, 0.25, 0.25), buffer, pool)
-    whole = StepBatches([], items, counts, seed=1, task=0, steps=60, tokenizer=None, image_size=32)
+    whole = StepBatches([object()] * 3, items, counts, seed=1, task=0, steps=60, tokenizer=None, image_size=32)
     slices = [whole.shard(r, world_size).items(step)[r::world_size] for r in range(world_size)]
     assert all(len(s) == per_rank for s in slices)
     assert Counter(map(tuple, np.concatenate(slices).tolist())) == Counter(map(tuple, whole.items(step).tolist()))

@@ -140,10 +140,9 @@ def test_preloaded_sets_give_the_same_row_without_reading_shards(model_and_token
     manifests = load_datasets(fixture_shards)
     evaluator = Evaluator(model, tokenizer, batch_size=16)
     from_shards, _ = evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1)
-    in_memory, _ = evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1)
-    preload(in_memory)
+    in_memory = preload(evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1)[0])
     for s in in_memory.values():  # every read now comes from RAM
-        s.reader.shard_dir = tmp_path / "gone"
+        s.reader.reader.shard_dir = tmp_path / "gone"
     for full in (True, False):
         assert evaluate_state(evaluator, in_memory, full, "test") == evaluate_state(evaluator, from_shards, full, "test")
 

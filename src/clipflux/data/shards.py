@@ -187,7 +187,6 @@ class ShardReader:
             verify_shards(shard_dir, self.manifest, split)
         self.entries: list[Entry] = []
         self.keys: list[str] = []
-        self._memory: dict[int, dict] = {}
         for shard in self.manifest["splits"][split]["shards"]:
             self._index(shard["file"])
         self.labels = np.array([self.read(i, ("json",))["json"]["label"] for i in range(len(self))], dtype=np.int64)
@@ -205,20 +204,11 @@ class ShardReader:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def preload(self, indices, exts: tuple[str, ...] = ("png", "txt")) -> None:
-        """Decode the members `exts` of the given samples once and keep them in RAM; `read` then serves them
-        from there (FiF's preloading of evaluation data: each model state reads the same images again)."""
-        for index in indices:
-            self._memory[int(index)] = self.read(int(index), exts)
-
     def read(self, index: int, exts: tuple[str, ...] = ("png", "txt", "json")) -> dict:
         """The decoded members of sample `index`: "png" as an HxWx3 array, "txt" as str, "json" as dict.
 
         "png" names the sample's image whatever its format (an imported shard may hold "jpg").
         """
-        kept = self._memory.get(index)
-        if kept is not None and all(ext in kept for ext in exts):
-            return {"key": kept["key"], **{ext: kept[ext] for ext in exts}}
         entry = self.entries[index]
         out: dict = {"key": self.keys[index]}
         with open(self.shard_dir / entry.shard, "rb") as f:
