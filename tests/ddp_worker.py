@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import torch
+import yaml
 
 from clipflux import distributed
 from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
@@ -22,6 +23,7 @@ from clipflux.models import create_model, state_sha256
 from clipflux.train import Loop, Trainer
 
 STEPS = 4
+METHOD_PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["methods"]
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=1, clip_grad_norm=1.0, batch_size=8)
 
 
@@ -52,7 +54,7 @@ def main() -> None:
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
     loop = Loop(seed=3, steps_per_task=STEPS, optim=OPTIM, mixture=MixtureConfig(0.5, 0.25, 0.25), checkpoint_every=2)
     losses: list[float] = []
-    trainer = RecordingTrainer(model, build_method(args.method, None), tokenizer, readers, tasks,
+    trainer = RecordingTrainer(model, build_method(args.method, METHOD_PARAMS.get(args.method)), tokenizer, readers, tasks,
                                index_items(1, readers[1]), loop, args.out / "checkpoints",
                                lambda key, value, step: losses.append(value) if key == "train/loss" else None,
                                fingerprint={"method": args.method}, placement=placement)

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import StepBatches
+from clipflux.methods import REGISTRY
 from clipflux.models import create_model, save_weights, state_sha256
 from clipflux.replay import split_batch
 
@@ -70,7 +71,18 @@ def test_ranks_train_on_disjoint_slices_that_cover_every_batch(tiny_shards, tmp_
         assert Counter(map(tuple, a["items"])) + Counter(map(tuple, b["items"])) == Counter(map(tuple, whole["items"]))
         sources |= {dataset for dataset, _ in a["items"] + b["items"]}
     assert sources == {0, 1}  # the task's data and the pretraining pool (the buffer holds task 1's data)
+    assert rank0["sha256"] == rank1["sha256"]  # both ranks end with the same weights
     np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("method", sorted(set(REGISTRY) - {"finetune"}))
+def test_every_method_trains_on_two_ranks_that_stay_in_step(tiny_shards, tmp_path, method):
+    """Each registered method under DDP: its loss, task-boundary work and state keep both ranks' weights equal."""
+    proc = _torchrun(2, REPO / "tests/ddp_worker.py", "--shards", str(tiny_shards), "--out", str(tmp_path),
+                     "--method", method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    assert rank0["sha256"] == rank1["sha256"] and np.isfinite(rank0["losses"]).all()
 
 
 @pytest.fixture(scope="module")
