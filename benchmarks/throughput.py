@@ -1,7 +1,7 @@
 """Training throughput of clipflux's train loop against a bare open_clip loop, and model FLOP utilisation.
 
 Usage: python benchmarks/throughput.py [--model NAME] [--batch B] [--steps N] [--rounds R]
-                                        [--precision fp32|bf16] [--device cpu|cuda] [--threads T]
+                                        [--precision fp32|bf16] [--compile] [--device cpu|cuda] [--threads T]
 
 Both loops train the same architecture from the same weights, at the same batch size, on the same batches
 held in memory (so data loading is out of the comparison). Rounds of N steps alternate between the two
@@ -75,6 +75,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds of each loop, interleaved")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--threads", type=int, help="CPU threads (default: params.yaml train.threads)")
     args = parser.parse_args()
@@ -89,7 +90,9 @@ def main() -> None:
     bare, _ = _model(name, device)
     batches = memory_batches(bare, tokenizer, optim.batch_size, device=device)
     loop = Loop(0, args.steps, optim, MixtureConfig(1.0, 0.0, 0.0), checkpoint_every=args.steps,
-                precision=args.precision)
+                precision=args.precision, compile=args.compile)
+    if args.compile:
+        bare.compile()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = MemoryTrainer(ours, build_method("finetune", None), tokenizer, [], [np.zeros((1, 2), np.int64)],
                                 np.empty((0, 2), np.int64), loop, tmp, lambda key, value, step: None, {},
@@ -124,13 +127,14 @@ def main() -> None:
     median = {key: statistics.median(r) for key, r in rates.items()}
     ratio = median["clipflux"] / median["bare"]
     print(machine(device))
-    print(f"settings: model {name}, batch {optim.batch_size}, {args.precision}, {args.rounds} interleaved rounds of "
+    print(f"settings: model {name}, batch {optim.batch_size}, {args.precision}{', compiled' if args.compile else ''}, "
+          f"{args.rounds} interleaved rounds of "
           f"{args.steps} steps each, in-memory data\n")
     print(table(["training loop", "samples/s (median)", "min - max over rounds"],
                 [[key, f"{median[key]:.1f}", f"{min(r):.1f} - {max(r):.1f}"] for key, r in rates.items()]
                 + [["**ratio clipflux / bare**", f"**{ratio:.3f}**", "must be >= 0.95"]]))
 
-    flops = train_step_flops(bare, batches[0], args.precision, device)
+    flops = train_step_flops(_model(name, device)[0], batches[0], args.precision, device)  # eager: counted op by op
     peak, size = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
     achieved = flops * median["clipflux"] / optim.batch_size
     rows = [["measured matmul peak", f"{peak / 1e12:.3f}", f"{100 * achieved / peak:.1f} %",
