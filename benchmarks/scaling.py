@@ -90,7 +90,8 @@ def main() -> None:
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
                    __file__, "--worker", str(tmp / "shards"), "--threads", str(threads), "--steps", str(args.steps),
                    "--out", str(out)]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 raise SystemExit(f"{layout} failed:\n{proc.stderr[-3000:]}")
             rate = json.loads(out.read_text())["samples_per_s"]

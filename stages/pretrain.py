@@ -62,8 +62,8 @@ def main() -> None:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
                           np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config,
-                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat,  # Sacred's own flush to observers
-                          placement=placement)
+                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
+                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
         continue_run(run, trainer.resume())
         trainer.fit()
         if placement.primary:

@@ -74,14 +74,15 @@ def main() -> None:
     load_weights(model, args.base)
     kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
     finished = (checkpoint.newest_task(args.checkpoints) or 0) >= len(tasks)
-    if placement.primary and (args.start_over or (finished and not kept.exists())):  # a finished run's task weights live in --out only
+    # A finished run's task weights live in --out only: rerunning it starts over.
+    if placement.primary and (args.start_over or (finished and not kept.exists())):
         clear(args.checkpoints)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar,
-                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat,  # Sacred's own flush to observers
-                          placement=placement)
+                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
+                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
         continue_run(run, trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         if placement.primary:

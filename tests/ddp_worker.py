@@ -54,7 +54,8 @@ def main() -> None:
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
     loop = Loop(seed=3, steps_per_task=STEPS, optim=OPTIM, mixture=MixtureConfig(0.5, 0.25, 0.25), checkpoint_every=2)
     losses: list[float] = []
-    trainer = RecordingTrainer(model, build_method(args.method, METHOD_PARAMS.get(args.method)), tokenizer, readers, tasks,
+    method = build_method(args.method, METHOD_PARAMS.get(args.method))
+    trainer = RecordingTrainer(model, method, tokenizer, readers, tasks,
                                index_items(1, readers[1]), loop, args.out / "checkpoints",
                                lambda key, value, step: losses.append(value) if key == "train/loss" else None,
                                fingerprint={"method": args.method}, placement=placement)

@@ -28,13 +28,15 @@ from conftest import REPO
 BATCH, STEPS, TASKS = 8, 4, 2
 
 
-def _torchrun(nproc: int, script: Path, *args: str, cwd: Path = REPO, fault: str | None = None) -> subprocess.CompletedProcess:
+def _torchrun(nproc: int, script: Path, *args: str, cwd: Path = REPO,
+              fault: str | None = None) -> subprocess.CompletedProcess:
     env = dict(os.environ, TQDM_DISABLE="1", CLIPFLUX_MONGO_URL="off", OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
     env.pop("CLIPFLUX_FAULT", None)
     if fault:
         env["CLIPFLUX_FAULT"] = fault
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script), *args]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}", str(script),
+           *args]
     return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -247,14 +247,15 @@ class Trainer:
         """The module that trains: the model, or under torchrun the model in DistributedDataParallel.
 
         A new wrapper is built at each position a run can resume from (task start, checkpoint): DDP regroups
-        its gradient buckets after the first step, and the order in which a bucket's ranks are summed depends
-        on that grouping, so this keeps the buckets, and the sums, of a resumed run the same as the
-        uninterrupted run's.
+        its gradient buckets after its first step, and with more than two ranks the order in which a ring
+        all-reduce adds up an element can depend on where the element sits in its bucket. Wrapping at the same
+        steps keeps the buckets, and so the sums, of a resumed run the same as the uninterrupted run's.
         """
         if not self.placement.distributed:
             return self.model
         device_ids = [self.placement.device.index] if self.placement.device.type == "cuda" else None
-        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)  # CLIP has no running stats
+        # CLIP has no running statistics: no buffers to broadcast before every forward.
+        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
 
     def _autocast(self):
         if self.loop.precision == "bf16":
