@@ -1,74 +1,150 @@
-"""Throughput of each stage's core work on this machine, at the shipped params.yaml settings.
+"""Training throughput of clipflux's train loop against a bare open_clip loop, and model FLOP utilisation.
 
-Usage: ./run.sh python benchmarks/throughput.py [--steps N]
-Prints one table: world generation (samples/s), sharding (samples/s), training (samples/s at the
-pretrain and train batch sizes) and zero-shot evaluation (images/s).
+Usage: python benchmarks/throughput.py [--model NAME] [--batch B] [--steps N] [--rounds R]
+                                        [--precision fp32|bf16] [--compile] [--device cpu|cuda] [--threads T]
+
+Both loops train the same architecture from the same weights, at the same batch size, on the same batches
+held in memory (so data loading is out of the comparison). Rounds of N steps alternate between the two
+(ABBA order), and the median rate of each is compared: the ratio must stay at or above 0.95. The clipflux
+loop is `Trainer`'s task loop with the finetune method (DataLoader, lr schedule, method loss, clipping,
+logit-scale clamp, metric logging, fault points). The second table divides the achieved FLOP/s by this
+machine's measured matmul peak in the same precision (and by the data-sheet bf16 peak on a known GPU).
+Defaults: `params.yaml`'s model and train batch size, on the CPU in fp32.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # tables only (tqdm reads it on import)
+
+import argparse
+import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from clipflux.config import MixtureConfig, load_params
-from clipflux.data.loader import index_items
-from clipflux.data.pipeline import generate_world, load_datasets, preprocess
-from clipflux.data.shards import ShardReader
-from clipflux.evaluate import zero_shot_accuracy
+from clipflux.config import MixtureConfig, ModelConfig, load_params
+from clipflux.distributed import Placement
 from clipflux.methods import build_method
 from clipflux.models import create_model
+from clipflux.tracking import configure_torch
 from clipflux.train import Loop, Trainer
+
+from common import (adamw, bare_open_clip_steps, datasheet_peak, machine, matmul_peak, memory_batches, sync, table,
+                    train_step_flops)
+
+
+class MemoryBatches(torch.utils.data.Dataset):
+    """Step s's batch is `batches[s % len(batches)]` (one process, so `shard` is itself)."""
+
+    def __init__(self, batches: list[dict], steps: int):
+        self.batches, self.steps = batches, steps
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> dict:
+        return self.batches[step % len(self.batches)]
+
+    def shard(self, rank: int, world_size: int) -> "MemoryBatches":
+        return self
+
+
+class MemoryTrainer(Trainer):
+    """The trainer with its batches served from memory instead of shards."""
+
+    memory: list[dict]
+
+    def _batches(self, task: int, steps: int, purpose: int = 0) -> MemoryBatches:
+        return MemoryBatches(self.memory, steps)
+
+
+def _model(name: str, device: torch.device):
+    torch.manual_seed(0)
+    model, tokenizer = create_model(ModelConfig(name))
+    return model.to(device), tokenizer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=30, help="training steps to time")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="open_clip architecture (default: params.yaml model.name)")
+    parser.add_argument("--batch", type=int, help="batch size (default: params.yaml train.optim.batch_size)")
+    parser.add_argument("--steps", type=int, default=20, help="steps per timed round")
+    parser.add_argument("--rounds", type=int, default=6, help="timed rounds of each loop, interleaved")
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: params.yaml train.threads)")
     args = parser.parse_args()
     params = load_params()
-    torch.set_num_threads(params.train.threads)
-    world = params.world
-    rows = []
+    name, optim = args.model or params.model.name, params.train.optim
+    if args.batch:
+        optim = type(optim)(**{**optim.__dict__, "batch_size": args.batch})
+    configure_torch(args.threads or params.train.threads)  # as the stages: deterministic algorithms
+    device = torch.device(args.device)
+
+    ours, tokenizer = _model(name, device)
+    bare, _ = _model(name, device)
+    batches = memory_batches(bare, tokenizer, optim.batch_size, device=device)
+    loop = Loop(0, args.steps, optim, MixtureConfig(1.0, 0.0, 0.0), checkpoint_every=args.steps,
+                precision=args.precision, compile=args.compile)
+    if args.compile:
+        bare.compile()
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        start = time.perf_counter()
-        generate_world(world, tmp / "raw", progress=False)
-        n = sum(len(np.load(p, mmap_mode="r")) for p in (tmp / "raw").glob("*/*.npy"))
-        rows.append(("download: generate the world", n / (time.perf_counter() - start), "samples/s", f"{n} samples"))
-        start = time.perf_counter()
-        preprocess(tmp / "raw", tmp / "shards", world.shard_size)
-        rows.append(("preprocess: write shards", n / (time.perf_counter() - start), "samples/s", ""))
+        trainer = MemoryTrainer(ours, build_method("finetune", None), tokenizer, [], [np.zeros((1, 2), np.int64)],
+                                np.empty((0, 2), np.int64), loop, tmp, lambda key, value, step: None, {},
+                                placement=Placement(device=device))
+        trainer.memory = batches
+        trainer._new_optimizer()
+        optimizer = adamw(bare, optim, device)
 
-        pool = ShardReader(tmp / "shards" / "pool", "train")
-        for stage, optim in (("pretrain", params.pretrain.optim), ("train", params.train.optim)):
-            model, tokenizer = create_model(params.model)
-            loop = Loop(0, args.steps, optim, MixtureConfig(1.0, 0.0, 0.0), checkpoint_every=10**9)
-            times = []
-            trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
-                              np.empty((0, 2), dtype=np.int64), loop, tmp / f"ckpt-{stage}",
-                              lambda k, v, s: times.append(time.perf_counter()) if k == "train/loss" else None, {})
-            trainer.fit()
-            rate = (len(times) - 5) * optim.batch_size / (times[-1] - times[4])  # skip warm-up steps
-            rows.append((f"{stage}: training step (batch {optim.batch_size})", rate, "samples/s", "data loading included"))
+        def clipflux_round() -> float:
+            sync(device)
+            start = time.perf_counter()
+            trainer._train_task(0, 0)
+            sync(device)
+            return time.perf_counter() - start
 
-        manifests = load_datasets(tmp / "shards")
-        reader = ShardReader(tmp / "shards" / "shapes", "test")
-        start = time.perf_counter()
-        zero_shot_accuracy(model, tokenizer, reader, manifests["shapes"], params.evaluate.batch_size)
-        rows.append(("evaluate: zero-shot", len(reader) / (time.perf_counter() - start), "images/s", "text embeddings included"))
+        def bare_round() -> float:
+            sync(device)
+            start = time.perf_counter()
+            bare_open_clip_steps(bare, optimizer, batches, args.steps, optim, args.precision, device)
+            sync(device)
+            return time.perf_counter() - start
 
-    print(f"machine: {platform.machine()} {platform.processor() or ''}, {os.cpu_count()} cores, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, model {params.model.name}")
-    print(f"| {'work':40} | {'rate':>10} | unit      | note |")
-    print(f"|{'-' * 42}|{'-' * 12}|-----------|------|")
-    for name, rate, unit, note in rows:
-        print(f"| {name:40} | {rate:10.0f} | {unit:9} | {note} |")
+        clipflux_round(), bare_round()  # warm-up: allocator, kernels, autocast caches
+        times = {"clipflux": [], "bare": []}
+        for r in range(args.rounds):
+            order = (("clipflux", clipflux_round), ("bare", bare_round))
+            for key, run in order if r % 2 == 0 else order[::-1]:
+                times[key].append(run())
+
+    samples = args.steps * optim.batch_size
+    rates = {key: [samples / t for t in ts] for key, ts in times.items()}
+    median = {key: statistics.median(r) for key, r in rates.items()}
+    ratio = median["clipflux"] / median["bare"]
+    print(machine(device))
+    print(f"settings: model {name}, batch {optim.batch_size}, {args.precision}{', compiled' if args.compile else ''}, "
+          f"{args.rounds} interleaved rounds of "
+          f"{args.steps} steps each, in-memory data\n")
+    print(table(["training loop", "samples/s (median)", "min - max over rounds"],
+                [[key, f"{median[key]:.1f}", f"{min(r):.1f} - {max(r):.1f}"] for key, r in rates.items()]
+                + [["**ratio clipflux / bare**", f"**{ratio:.3f}**", "must be >= 0.95"]]))
+
+    flops = train_step_flops(_model(name, device)[0], batches[0], args.precision, device)  # eager: counted op by op
+    peak, size = matmul_peak(device, torch.bfloat16 if args.precision == "bf16" else torch.float32)
+    achieved = flops * median["clipflux"] / optim.batch_size
+    rows = [["measured matmul peak", f"{peak / 1e12:.3f}", f"{100 * achieved / peak:.1f} %",
+             f"best of square {args.precision} matmuls, n = {size}"]]
+    sheet = datasheet_peak(device)
+    if sheet:
+        rows.append(["data-sheet dense bf16 peak", f"{sheet / 1e12:.1f}", f"{100 * achieved / sheet:.1f} %", ""])
+    print(f"\nmodel FLOP utilisation: {flops / 1e9:.2f} GFLOP per step (forward + backward, 2 per multiply-add, "
+          f"torch.utils.flop_counter), achieved {achieved / 1e12:.4f} TFLOP/s by the clipflux loop\n")
+    print(table(["against", "peak TFLOP/s", "MFU", "note"], rows))
 
 
 if __name__ == "__main__":

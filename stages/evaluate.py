@@ -17,7 +17,7 @@ from pathlib import Path
 from clipflux import faults
 from clipflux.config import load_params
 from clipflux.data.pipeline import load_datasets
-from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
+from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets, preload
 from clipflux.matrix import dataset_info, summarize
 from clipflux.models import create_model
 from clipflux.streams import load_stream_file, parse_entry
@@ -93,6 +93,8 @@ def main() -> None:
     sets, skipped = evaluation_sets(args.shards, manifests, cfg.seed, cfg.subset, cfg.validation, cfg.split, ROLES[kind])
     for name, why in skipped.items():
         print(f"evaluate: {name} left out: {why}")
+    if cfg.preload:
+        sets = preload(sets)
     datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
     states = [args.base] + sorted(args.models.glob("task_*.pt"))  # states[0] unread with --base-rows
     plan = evaluation_plan(len(states), cfg.subset)

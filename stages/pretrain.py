@@ -1,7 +1,9 @@
 """Stage `pretrain`: contrastive pretraining of the base model on the captioned pool.
 
 When `model.pretrained` is set (a checkpoint file, or an open_clip weight tag found in `model.cache_dir` or on
-the hub), those weights are written as the base model instead of training. The pool is `data.pool`.
+the hub), those weights are written as the base model instead of training. The pool is `data.pool`. Runs as
+one process, or as several under torchrun (`dvc.yaml` starts `pretrain.nproc` per node): rank 0 then writes
+the checkpoints, the weights and the Sacred run.
 """
 
 import argparse
@@ -12,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipflux import checkpoint
+from clipflux import checkpoint, distributed
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
@@ -35,34 +37,42 @@ def main() -> None:
     params = load_params()
     cfg = params.pretrain
     configure_torch(cfg.threads)
-    torch.manual_seed(cfg.seed)  # the initial weights
+    placement = distributed.start(cfg.device)
+    torch.manual_seed(cfg.seed)  # the initial weights (the same on every rank)
     model, tokenizer = create_model(params.model)
     if params.model.pretrained:
-        source = load_pretrained(model, params.model)
-        save_weights(model, args.out)
-        print(f"pretrain: skipped, base model = {params.model.name} weights from {source}")
+        if placement.primary:
+            source = load_pretrained(model, params.model)
+            save_weights(model, args.out)
+            print(f"pretrain: skipped, base model = {params.model.name} weights from {source}")
+        distributed.stop(placement)
         return
 
     pool = open_dataset(args.shards, params.data.pool, "train")
     steps = math.ceil(cfg.samples / cfg.optim.batch_size)
-    config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps}
+    config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps,
+              "world_size": placement.world_size}
     loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every,
-                cfg.keep_checkpoints, cfg.workers)
-    if args.start_over:
+                cfg.keep_checkpoints, cfg.workers, precision=cfg.precision, compile=cfg.compile,
+                pin_memory=cfg.pin_memory)
+    if args.start_over and placement.primary:
         clear(args.checkpoints)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
                           np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config,
-                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
+                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
         continue_run(run, trainer.resume())
         trainer.fit()
-        save_weights(model, args.out)
-        checkpoint.prune(args.checkpoints, keep=1)  # finished: only the final state stays (DVC caches the folder)
+        if placement.primary:
+            save_weights(model, args.out)
+            checkpoint.prune(args.checkpoints, keep=1)  # finished: only the final state stays (DVC caches the folder)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("pretrain", config, work)
+    run_tracked("pretrain", config, work, primary=placement.primary)
+    distributed.stop(placement)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Stage `train`: adapt the base model over the tasks of a stream with one experiment's update method."""
+"""Stage `train`: adapt the base model over the tasks of a stream with one experiment's update method.
+
+Runs as one process, or as several under torchrun (`dvc.yaml` starts `train.nproc` per node): rank 0 then
+writes the checkpoints, the weights and the Sacred run.
+"""
 
 import argparse
 import dataclasses
@@ -8,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from clipflux import checkpoint
+from clipflux import checkpoint, distributed
 from clipflux.budget import plan
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
@@ -36,6 +40,7 @@ def main() -> None:
     exp, cfg = params.experiments[args.experiment], params.train
     method = build_method(exp.method, params.methods.get(exp.method))
     configure_torch(cfg.threads)
+    placement = distributed.start(cfg.device)
     stream = json.loads(args.stream.read_text())
 
     # Data: one reader per adaptation dataset in the stream, plus the pretraining pool (data.pool).
@@ -64,32 +69,37 @@ def main() -> None:
         "steps_per_task": steps,
         "budget": budget,
         "num_tasks": len(tasks),
+        "world_size": placement.world_size,
     }
     loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers,
-                exp.buffer)
+                exp.buffer, precision=cfg.precision, compile=cfg.compile, pin_memory=cfg.pin_memory)
     model, tokenizer = create_model(params.model)
     load_weights(model, args.base)
     kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
     finished = (checkpoint.newest_task(args.checkpoints) or 0) >= len(tasks)
-    if args.start_over or (finished and not kept.exists()):  # a finished run's task weights live in --out only
+    # A finished run's task weights live in --out only: rerunning it starts over.
+    if placement.primary and (args.start_over or (finished and not kept.exists())):
         clear(args.checkpoints)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar,
-                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]}, flush=run._emit_heartbeat)  # Sacred's own flush to observers
+                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
+                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
         continue_run(run, trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "budget.json").write_text(json.dumps(budget, indent=1) + "\n")
-        for t in range(len(tasks)):
-            shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
-        # Finished: the checkpoints folder (cached by DVC) keeps only the final state, not copies of --out.
-        shutil.rmtree(kept)
-        checkpoint.prune(args.checkpoints, keep=1)
+        if placement.primary:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "budget.json").write_text(json.dumps(budget, indent=1) + "\n")
+            for t in range(len(tasks)):
+                shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
+            # Finished: the checkpoints folder (cached by DVC) keeps only the final state, not copies of --out.
+            shutil.rmtree(kept)
+            checkpoint.prune(args.checkpoints, keep=1)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("train", config, work)
+    run_tracked("train", config, work, primary=placement.primary)
+    distributed.stop(placement)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,9 @@ def test_shipped_params_load():
         (lambda p: p["experiments"]["finetune"]["mixture"].update(update=0.5), "must sum to 1"),
         (lambda p: p.update(extra={}), "extra: unknown key; allowed keys here are"),
         (lambda p: p["methods"].update(finetune={"lr": 1}), "methods.finetune.lr: unknown key"),
+        (lambda p: p["train"].update(nproc=3), "train.optim.batch_size: 64 must be divisible by train.nproc (3)"),
+        (lambda p: p["pretrain"].update(precision="fp16"), "pretrain.precision: 'fp16' is not allowed; choose one of ['fp32', 'bf16']"),
+        (lambda p: p["train"].update(device="tpu"), "train.device: 'tpu' is not allowed"),
     ],
 )
 def test_bad_params_name_the_key(tmp_path, mutate, expected):

@@ -14,7 +14,7 @@ from clipflux.config import EvaluateConfig, ModelConfig
 from clipflux.data.pipeline import load_datasets
 from clipflux.data.shards import ShardReader, write_shards
 from clipflux.evaluate import (Evaluator, class_embeddings, classification_metrics, evaluate_state, evaluation_sets,
-                               partner_ranks, retrieval_metrics, text_embeddings)
+                               partner_ranks, preload, retrieval_metrics, text_embeddings)
 from clipflux.models import create_model, save_weights
 from clipflux.streams import keys_by_class
 from clipflux.subsets import validation_keys
@@ -133,6 +133,18 @@ def test_time_steps_give_a_row_per_step(model_and_tokenizer, fixture_shards, tmp
     assert row["scores"]["captions"] == row["metrics"]["captions"]["R@5"]
     assert row["A_ZS"] == pytest.approx((row["scores"]["captions"] + row["scores"]["timed"]) / 2)
     assert row["A_KA"] == row["scores"]["timed_captions"] and not row["subset"]
+
+
+def test_preloaded_sets_give_the_same_row_without_reading_shards(model_and_tokenizer, fixture_shards, tmp_path):
+    model, tokenizer = model_and_tokenizer
+    manifests = load_datasets(fixture_shards)
+    evaluator = Evaluator(model, tokenizer, batch_size=16)
+    from_shards, _ = evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1)
+    in_memory = preload(evaluation_sets(fixture_shards, manifests, seed=0, fraction=0.1)[0])
+    for s in in_memory.values():  # every read now comes from RAM
+        s.reader.reader.shard_dir = tmp_path / "gone"
+    for full in (True, False):
+        assert evaluate_state(evaluator, in_memory, full, "test") == evaluate_state(evaluator, from_shards, full, "test")
 
 
 def test_validation_mode_never_reads_test_data(tiny_shards):

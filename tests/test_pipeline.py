@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,23 @@ def test_dvc_repro_end_to_end(clone):
     dag = _run(["dvc", "dag", "--dot"], clone)
     for stage in ("download", "preprocess", "build_stream", "pretrain", "train", "evaluate", "report"):
         assert stage in dag
+
+
+@pytest.mark.e2e
+def test_a_queued_grid_runs_in_parallel(clone):
+    """A sweep: `dvc exp run --queue` with a grid of two learning rates, run by two queue workers."""
+    _run(["dvc", "repro", "train@finetune"], clone)  # what the grid shares (nothing to do after the test above)
+    for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
+        _run(cmd, clone)
+    _run(["dvc", "exp", "run", "--queue", "-S", "train.optim.lr=0.001,0.003", "train@finetune"], clone)
+    _run(["dvc", "queue", "start", "-j", "2"], clone)
+    deadline = time.monotonic() + 600
+    while any(word in _run(["dvc", "queue", "status"], clone) for word in ("Queued", "Running")):
+        assert time.monotonic() < deadline, _run(["dvc", "queue", "status"], clone)
+        time.sleep(2)
+    assert "Failed" not in _run(["dvc", "queue", "status"], clone)
+    rows = json.loads(_run(["dvc", "exp", "show", "--json"], clone))
+    experiments = [exp for row in rows for exp in (row.get("experiments") or [])]
+    learning_rates = {exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["optim"]["lr"]
+                      for exp in experiments}
+    assert learning_rates == {0.001, 0.003}

@@ -20,13 +20,14 @@ class Interrupt(Exception):
     pass
 
 
-def _trainer(shards, ckpt_dir, log, mixture=MixtureConfig(0.5, 0.25, 0.25), workers=0):
+def _trainer(shards, ckpt_dir, log, mixture=MixtureConfig(0.5, 0.25, 0.25), workers=0, precision="fp32"):
     readers = [ShardReader(shards / "novel_shapes", "train"), ShardReader(shards / "pool", "train")]
     items = index_items(0, readers[0])
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
-    loop = Loop(seed=3, steps_per_task=5, optim=OPTIM, mixture=mixture, checkpoint_every=2, workers=workers)
+    loop = Loop(seed=3, steps_per_task=5, optim=OPTIM, mixture=mixture, checkpoint_every=2, workers=workers,
+                precision=precision)
     return Trainer(model, build_method("finetune", None), tokenizer, readers, tasks, index_items(1, readers[1]),
                    loop, ckpt_dir, log, fingerprint={"seed": 3})
 
@@ -42,11 +43,12 @@ def test_training_lowers_the_loss_and_logs_every_step(tiny_shards, tmp_path):
     assert state_sha256(trainer.model.state_dict()) != before
 
 
-@pytest.mark.parametrize("kill_at", [1, 3, 5, 8])
-def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at):
+@pytest.mark.parametrize(("kill_at", "precision"), [(1, "fp32"), (3, "fp32"), (5, "fp32"), (8, "fp32"), (5, "bf16")])
+def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision):
     """Interrupting after `kill_at` steps and rerunning gives the uninterrupted run's weights and losses."""
     reference_log = []
-    reference = _trainer(tiny_shards, tmp_path / "ref", lambda k, v, s: reference_log.append((k, v, s)))
+    reference = _trainer(tiny_shards, tmp_path / "ref", lambda k, v, s: reference_log.append((k, v, s)),
+                         precision=precision)
     reference.fit()
 
     seen = []
@@ -57,13 +59,24 @@ def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        _trainer(tiny_shards, tmp_path / "run", log_then_die).fit()
+        _trainer(tiny_shards, tmp_path / "run", log_then_die, precision=precision).fit()
     resumed_log = []
-    resumed = _trainer(tiny_shards, tmp_path / "run", lambda k, v, s: resumed_log.append((k, v, s)))
+    resumed = _trainer(tiny_shards, tmp_path / "run", lambda k, v, s: resumed_log.append((k, v, s)),
+                       precision=precision)
     resumed.fit()
     assert state_sha256(resumed.model.state_dict()) == state_sha256(reference.model.state_dict())
     merged = {(k, s): v for k, v, s in seen + resumed_log}
     assert merged == {(k, s): v for k, v, s in reference_log}
+
+
+def test_bf16_autocast_changes_the_numbers_but_still_learns(tiny_shards, tmp_path):
+    logs = {}
+    for precision in ("fp32", "bf16"):
+        logs[precision] = []
+        _trainer(tiny_shards, tmp_path / precision, lambda k, v, s: logs[precision].append((k, v, s)),
+                 precision=precision).fit()
+    fp32, bf16 = ([v for k, v, s in logs[p] if k == "train/loss"] for p in ("fp32", "bf16"))
+    assert fp32 != bf16 and np.allclose(fp32, bf16, rtol=0.05)
 
 
 def test_batches_are_the_same_with_dataloader_workers(tiny_shards, tmp_path):

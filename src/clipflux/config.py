@@ -94,8 +94,30 @@ class OptimConfig:
         _non_negative(self, path, "weight_decay", "warmup_steps", "clip_grad_norm")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RuntimeConfig:
+    """How a training stage runs: device, processes, precision, compilation (shared by pretrain and train).
+
+    `nproc` is read by torchrun in `dvc.yaml`; the stage itself takes its rank and world size from torchrun.
+    fp32 without compilation on the CPU is the reference; bf16 and `compile` change the numbers a little
+    (still the same on every rerun and resume).
+    """
+
+    device: Literal["cpu", "cuda"] = "cpu"  # cuda: one GPU per process (LOCAL_RANK)
+    nproc: int = 1  # processes per node (torchrun --nproc-per-node); the global batch is split over all ranks
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of forward and loss, fp32 weights and optimizer
+    compile: bool = False  # torch.compile the model
+    pin_memory: bool = True  # page-locked batches for faster copies to the GPU (CUDA only)
+
+    def validate_runtime(self, path: str) -> None:
+        _positive(self, path, "nproc")
+        if self.optim.batch_size % self.nproc:
+            raise ConfigError(f"{path}.optim.batch_size: {self.optim.batch_size} must be divisible by "
+                              f"{path}.nproc ({self.nproc}), as every rank trains on an equal slice of each batch")
+
+
 @dataclass(frozen=True)
-class PretrainConfig:
+class PretrainConfig(RuntimeConfig):
     """Contrastive pretraining of the base model on the captioned pool."""
 
     seed: int
@@ -109,6 +131,7 @@ class PretrainConfig:
     def validate(self, path: str) -> None:
         _positive(self, path, "samples", "threads", "checkpoint_every", "keep_checkpoints")
         _non_negative(self, path, "workers")
+        self.validate_runtime(path)
 
 
 @dataclass(frozen=True)
@@ -129,7 +152,7 @@ class MixtureConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(RuntimeConfig):
     """Continual adaptation over the tasks of a stream; shared by every experiment."""
 
     seed: int
@@ -143,6 +166,7 @@ class TrainConfig:
     def validate(self, path: str) -> None:
         _positive(self, path, "samples_per_task", "threads", "checkpoint_every", "keep_checkpoints")
         _non_negative(self, path, "workers")
+        self.validate_runtime(path)
 
 
 @dataclass(frozen=True)
@@ -210,6 +234,7 @@ class EvaluateConfig:
     subset: float  # FiF's validate_on_subset: share of each dataset evaluated during the stream (1 = all)
     validation: bool  # FiF's validation_mode: evaluate on held-out training data, never on test data
     split: float  # FiF's train_val_split: share of each class's training data kept for training
+    preload: bool = False  # decode the evaluated images once into RAM and reuse them for every model state
 
     def validate(self, path: str) -> None:
         _positive(self, path, "batch_size", "threads")
@@ -376,6 +401,7 @@ __all__ = [
     "OptimConfig",
     "Params",
     "PretrainConfig",
+    "RuntimeConfig",
     "StreamConfig",
     "TrainConfig",
     "WorldConfig",

@@ -13,6 +13,7 @@ behind only the candidates that score strictly higher, so duplicate captions do 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -253,6 +254,42 @@ def evaluation_sets(shards: str | Path, manifests: dict[str, dict], seed: int, f
             subset = full[class_balanced_subset(strata[full], fraction, seed, name)]
         sets[name] = EvalSet(name, manifest, reader, which, full, subset, groups)
     return sets, skipped
+
+
+class Preloaded:
+    """A reader whose chosen samples are decoded once and then served from RAM; anything else goes to `reader`.
+
+    Args:
+        reader: a `ShardReader` or `StreamedShardReader`.
+        indices: the samples to keep.
+        exts: their members to keep ("png", "txt", ...).
+    """
+
+    def __init__(self, reader, indices: np.ndarray, exts: tuple[str, ...]):
+        self.reader = reader
+        self.samples = {int(i): reader.read(int(i), exts) for i in indices}
+
+    def __getattr__(self, name: str):
+        return getattr(self.reader, name)  # keys, labels, manifest, ...
+
+    def __len__(self) -> int:
+        return len(self.reader)
+
+    def read(self, index: int, exts: tuple[str, ...] = ("png", "txt", "json")) -> dict:
+        kept = self.samples.get(int(index))
+        if kept is None or any(ext not in kept for ext in exts):
+            return self.reader.read(index, exts)
+        return {"key": kept["key"], **{ext: kept[ext] for ext in exts}}
+
+
+def preload(sets: dict[str, EvalSet]) -> dict[str, EvalSet]:
+    """The same sets with every image (and retrieval caption) they evaluate decoded into RAM once
+    (`evaluate.preload`, as FiF offers), so that later model states skip reading and decoding the shards."""
+    out = {}
+    for name, s in sets.items():
+        exts = ("png", "txt") if s.manifest["task"] == "retrieval" else ("png",)
+        out[name] = dataclasses.replace(s, reader=Preloaded(s.reader, s.full, exts))
+    return out
 
 
 def _pairs(labels: np.ndarray, groups: np.ndarray) -> np.ndarray:

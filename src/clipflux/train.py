@@ -1,24 +1,30 @@
-"""The task loop. The trainer owns the optimizer, the schedule, clipping and checkpoints; methods plug in.
+"""The task loop. The trainer owns the optimizer, the schedule, precision, clipping, distributed wrapping and
+checkpoints; methods plug in.
 
-Pretraining is the same loop with one task whose update data is the captioned pool.
+Pretraining is the same loop with one task whose update data is the captioned pool. Under torchrun every rank
+runs this loop on its slice of each step's batch (see `clipflux.distributed`); rank 0 alone writes
+checkpoints and metrics, and a run resumes exactly with the same number of ranks.
 """
 
 from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from clipflux import checkpoint, faults
+from clipflux import checkpoint, distributed, faults
 from clipflux.config import BufferConfig, MixtureConfig, OptimConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
+from clipflux.distributed import Placement
 from clipflux.methods import Method, TaskContext
 from clipflux.models import image_size
 from clipflux.replay import Buffer, split_batch
@@ -38,6 +44,9 @@ class Loop:
     keep_checkpoints: int = 2
     workers: int = 0
     buffer: BufferConfig = BufferConfig()
+    precision: str = "fp32"  # or "bf16": autocast of forward and loss
+    compile: bool = False
+    pin_memory: bool = False  # only used when training on a GPU
 
 
 def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
@@ -66,6 +75,7 @@ class Trainer:
             truncate, see `tracking.resume`) the run it continues.
         flush: makes every metric logged so far durable in the tracking store; called before each
             checkpoint, so a run killed later has lost no metric older than its newest checkpoint.
+        placement: this process's rank and device (`distributed.start`); by default rank 0 of 1 on the CPU.
 
     Attributes:
         resumed_from: after `resume` found a checkpoint: {"run_id", "run_uid", "task", "step", "global_step"}.
@@ -74,23 +84,29 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, method: Method, tokenizer: Any, readers: list[ShardReader],
                  tasks: list[np.ndarray], pool: np.ndarray, loop: Loop, ckpt_dir: str | Path,
                  log_scalar: LogScalar, fingerprint: dict[str, Any], run_id: Any = None,
-                 flush: Callable[[], None] | None = None):
-        self.model, self.method, self.tokenizer = model, method, tokenizer
+                 flush: Callable[[], None] | None = None, placement: Placement = Placement()):
+        if loop.optim.batch_size % placement.world_size:
+            raise ValueError(f"batch size {loop.optim.batch_size} is not divisible by the {placement.world_size} "
+                             "ranks: every rank trains on an equal slice of each batch")
+        self.model, self.method, self.tokenizer = model.to(placement.device), method, tokenizer
         self.readers, self.tasks, self.pool, self.loop = readers, tasks, pool, loop
         self.ckpt_dir, self.log_scalar, self.fingerprint = Path(ckpt_dir), log_scalar, fingerprint
-        self.run_id, self.flush = run_id, flush
+        self.run_id, self.flush, self.placement = run_id, flush, placement
         self.resumed_from: dict[str, Any] | None = None
         policy, size = method.buffer_policy() or (loop.buffer.policy, loop.buffer.size)
         self.buffer = Buffer(policy, size, loop.seed)
         self.method.setup(model)
+        if loop.compile:
+            self.model.compile()  # in place: the same parameters and state dict, DDP wraps it as it is
         self.optimizer: torch.optim.Optimizer | None = None
 
     # -- state ---------------------------------------------------------------------------------------
 
     def _state(self, task: int, step: int) -> dict[str, Any]:
         # The learning rate is a pure function of the step (`lr_at`) and batches a pure function of
-        # (seed, task, step), so (task, step) is the whole scheduler and data-loader position. There is no
-        # grad scaler on the CPU/bf16 path. RNG states are kept for methods that draw from global generators.
+        # (seed, task, step), so (task, step) is the whole scheduler and data-loader position. bf16 needs no
+        # grad scaler. RNG states (every rank's) are kept for methods that draw from global generators; all
+        # else is the same on every rank.
         return {
             "task": task,
             "step": step,
@@ -102,22 +118,37 @@ class Trainer:
             "optimizer": self.optimizer.state_dict() if self.optimizer and step > 0 else None,
             "method": self.method.state_dict(),
             "buffer": self.buffer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+            "rng": distributed.gather(self._rng_state(), self.placement),
         }
 
+    def _rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        if self.placement.device.type == "cuda":
+            state["cuda"] = torch.cuda.get_rng_state(self.placement.device)
+        return state
+
+    def _set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        np.random.set_state(state["numpy"])
+        random.setstate(state["python"])
+        if "cuda" in state:
+            torch.cuda.set_rng_state(state["cuda"], self.placement.device)
+
     def _save(self, task: int, step: int) -> None:
+        state = self._state(task, step)  # every rank: the RNG states are gathered
+        if not self.placement.primary:
+            return
         if self.flush:
             self.flush()
-        checkpoint.save(self.ckpt_dir, task, step, self._state(task, step), keep=self.loop.keep_checkpoints)
+        checkpoint.save(self.ckpt_dir, task, step, state, keep=self.loop.keep_checkpoints)
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
         checkpoint.check_fingerprint(state["fingerprint"], self.fingerprint)
         self.model.load_state_dict(state["model"])
-        self.method.load_state_dict(state["method"])
+        self.method.load_state_dict(_to_device(state["method"], self.placement.device))
         self.buffer.load_state_dict(state["buffer"])
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
+        rng = state["rng"]  # one state per rank (a single one in checkpoints written before DDP)
+        self._set_rng_state(rng[self.placement.rank] if isinstance(rng, list) else rng)
         task, step = state["task"], state["step"]
         origin = state["run_id"] or {}
         self.resumed_from = {"run_id": origin.get("id"), "run_uid": origin.get("uid"), "task": task, "step": step,
@@ -133,7 +164,9 @@ class Trainer:
         no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit scale: no weight decay (open_clip)
         groups = [{"params": decay, "weight_decay": self.loop.optim.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        self.optimizer = torch.optim.AdamW(groups, lr=self.loop.optim.lr)
+        # The fused kernel on GPUs; on the CPU the default implementation, which the reference numbers use.
+        fused = True if self.placement.device.type == "cuda" else None
+        self.optimizer = torch.optim.AdamW(groups, lr=self.loop.optim.lr, fused=fused)
 
     # -- loop ----------------------------------------------------------------------------------------
 
@@ -143,16 +176,23 @@ class Trainer:
         Raises:
             CheckpointError: the checkpoint of an unfinished run was written with other parameters.
         """
-        state = checkpoint.load_latest(self.ckpt_dir)
-        if state and state["task"] >= len(self.tasks) and state["fingerprint"] != self.fingerprint:
-            # A finished run with other parameters is history, not something to resume: start over.
-            checkpoint.clear(self.ckpt_dir)
-            state = None
+        state = None
+        if self.placement.primary:  # rank 0 reads and hands the state to the others: no shared disk needed
+            state = checkpoint.load_latest(self.ckpt_dir)
+            if state and state["task"] >= len(self.tasks) and state["fingerprint"] != self.fingerprint:
+                # A finished run with other parameters is history, not something to resume: start over.
+                checkpoint.clear(self.ckpt_dir)
+                state = None
+        state = distributed.broadcast(state, self.placement)
         self._position = self._restore(state) if state else (0, 0)
         return self.resumed_from
 
     def fit(self, on_task_end: Callable[[int, torch.nn.Module], None] | None = None) -> None:
-        """Run every remaining task, from the newest valid checkpoint if there is one."""
+        """Run every remaining task, from the newest valid checkpoint if there is one.
+
+        Args:
+            on_task_end: called on rank 0 after each task with the weights to evaluate (e.g. to save them).
+        """
         if not hasattr(self, "_position"):
             self.resume()
         start_task, start_step = self._position
@@ -164,7 +204,7 @@ class Trainer:
             self._train_task(task, start_step)
             self.method.end_task(context)
             self.buffer.add_task(self.tasks[task])
-            if on_task_end:
+            if on_task_end and self.placement.primary:
                 on_task_end(task, self.method.eval_model())
             faults.reached("task-end")
             self._save(task + 1, 0)
@@ -188,44 +228,99 @@ class Trainer:
                            image_size(self.model), purpose)
 
     def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
-        batches = self._batches(task, self.steps(task))
+        # Each rank reads only its slice of every batch.
+        batches = self._batches(task, self.steps(task)).shard(self.placement.rank, self.placement.world_size)
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, len(batches)),
-                                           num_workers=self.loop.workers)
+                                           num_workers=self.loop.workers,
+                                           pin_memory=self.loop.pin_memory and self.placement.device.type == "cuda")
 
     def _context(self, task: int) -> TaskContext:
-        # Methods' own draws (Fisher estimation, ...) use a random stream disjoint from training's.
+        # Methods' own draws (Fisher estimation, ...) use a random stream disjoint from training's. They are
+        # whole batches on every rank, so every rank computes the same method state.
         def batches(n: int):
             extra = self._batches(task, n, purpose=1)
-            return (extra[step] for step in range(n))
+            return (self._to_device(extra[step]) for step in range(n))
 
         return TaskContext(task, len(self.tasks), self.steps(task), batches)
+
+    def _wrap(self) -> torch.nn.Module:
+        """The module that trains: the model, or under torchrun the model in DistributedDataParallel.
+
+        A new wrapper is built at each position a run can resume from (task start, checkpoint): DDP regroups
+        its gradient buckets after its first step, and with more than two ranks the order in which a ring
+        all-reduce adds up an element can depend on where the element sits in its bucket. Wrapping at the same
+        steps keeps the buckets, and so the sums, of a resumed run the same as the uninterrupted run's.
+        """
+        if not self.placement.distributed:
+            return self.model
+        device_ids = [self.placement.device.index] if self.placement.device.type == "cuda" else None
+        # CLIP has no running statistics: no buffers to broadcast before every forward.
+        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
+
+    def _autocast(self):
+        if self.loop.precision == "bf16":
+            return torch.autocast(self.placement.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.placement.device.type == "cpu":
+            return batch
+        return {k: v.to(self.placement.device, non_blocking=True) for k, v in batch.items()}
 
     def _train_task(self, task: int, start_step: int) -> None:
         steps, offset = self.steps(task), self._offset(task)
         self.model.train()
-        bar = tqdm(self._loader(task, start_step), total=steps, initial=start_step,
+        bar = tqdm(self._loader(task, start_step), total=steps, initial=start_step, disable=not self.placement.primary,
                    desc=f"task {task + 1}/{len(self.tasks)}", unit="step", mininterval=5.0)
+        params = self.method.trainable_parameters()
+        unlogged: list[tuple[int, torch.Tensor, float]] = []
         for step, batch in enumerate(bar, start=start_step):
+            if step == start_step or step % self.loop.checkpoint_every == 0:
+                network = self._wrap()
             lr = lr_at(step, steps, self.loop.optim)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            # 1) forward and the method's loss
-            out = self.model(batch["images"], batch["texts"])
-            loss = self.method.loss(batch, out)
-            # 2) backward, clip, step
+            # 1) forward and the method's loss (under torchrun: this rank's slice of the step's batch)
+            batch = self._to_device(batch)
+            with self._autocast(), distributed.global_batch(self.placement):
+                out = network(batch["images"], batch["texts"])
+                loss = self.method.loss(batch, out)
+            # 2) backward (DDP averages the gradients of all ranks), clip, step
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if self.loop.optim.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.method.trainable_parameters(), self.loop.optim.clip_grad_norm)
+                torch.nn.utils.clip_grad_norm_(params, self.loop.optim.clip_grad_norm)
             self.optimizer.step()
             with torch.no_grad():  # open_clip caps the temperature at 100
                 self.model.logit_scale.clamp_(0, math.log(100))
             self.method.after_step()
-            # 3) log and checkpoint
-            global_step = offset + step
-            self.log_scalar("train/loss", loss.item(), global_step)
-            self.log_scalar("train/lr", lr, global_step)
-            bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+            # 3) log at each checkpoint and at the task's end (reading the loss makes the loop wait for the
+            #    device, so it is read then, for all steps since), and checkpoint
+            unlogged.append((offset + step, loss.detach(), lr))
             faults.reached("step")
+            if (step + 1) % self.loop.checkpoint_every == 0 or step + 1 == steps:
+                self._log(unlogged, bar)
+                unlogged = []
             if (step + 1) % self.loop.checkpoint_every == 0 and step + 1 < steps:
                 self._save(task, step + 1)
+
+    def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: tqdm) -> None:
+        """Log the loss (rank 0: the mean over ranks) and learning rate of each (global step, loss, lr)."""
+        losses = distributed.mean(torch.stack([loss for _, loss, _ in unlogged]), self.placement)
+        if not self.placement.primary:
+            return
+        for (global_step, _, lr), loss in zip(unlogged, losses):
+            self.log_scalar("train/loss", loss, global_step)
+            self.log_scalar("train/lr", lr, global_step)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+
+
+def _to_device(value: Any, device: torch.device) -> Any:
+    """Every tensor in a nest of dicts, lists and tuples moved to `device` (a method state loaded on the CPU)."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value

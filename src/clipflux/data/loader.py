@@ -1,10 +1,14 @@
 """Batches as a pure function of the step: a map-style dataset whose item `s` is the whole batch of step s.
 
 Because a batch depends only on (seed, task, step), a `DataLoader` over `range(start, steps)` with any
-number of workers yields exactly the batches the uninterrupted run saw, which makes resume exact.
+number of workers yields exactly the batches the uninterrupted run saw, which makes resume exact. Under
+data-parallel training each rank reads its own slice of every batch (`shard`): the ranks' slices are disjoint
+and together the whole batch, so the ranks share out every data source of the task without overlap.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -25,6 +29,9 @@ class StepBatches(torch.utils.data.Dataset):
         purpose: 0 for training; another number for a method's own draws (a disjoint random stream).
         tokenizer: turns captions into token ids.
         image_size: the model's input resolution.
+
+    Attributes:
+        rank, world_size: item `s` is this rank's slice of the batch of step s (0 of 1: all of it; see `shard`).
     """
 
     def __init__(self, readers: list[ShardReader], sources: dict[str, np.ndarray], counts: dict[str, int],
@@ -33,6 +40,17 @@ class StepBatches(torch.utils.data.Dataset):
         self.seed, self.task, self.steps = seed, task, steps
         self.tokenizer, self.image_size, self.purpose = tokenizer, image_size, purpose
         self.blocks = {name: shard_blocks(readers, items) for name, items in sources.items()}  # streamed sources
+        self.rank, self.world_size = 0, 1
+
+    def shard(self, rank: int, world_size: int) -> "StepBatches":
+        """The same batches as read by `rank` of `world_size`: every `world_size`-th sample from position `rank`.
+
+        Striding (rather than cutting into blocks) gives every rank an almost equal share of each source of
+        the mixture. The batch size must be divisible by `world_size`, so that every slice is as large.
+        """
+        sharded = copy.copy(self)
+        sharded.rank, sharded.world_size = rank, world_size
+        return sharded
 
     def __len__(self) -> int:
         return self.steps
@@ -44,7 +62,7 @@ class StepBatches(torch.utils.data.Dataset):
         return np.concatenate(parts)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        items = self.items(step)
+        items = self.items(step)[self.rank::self.world_size]
         samples = [self.readers[d].read(int(i), ("png", "txt")) for d, i in items]
         images = np.stack([s["png"] for s in samples])
         return {

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Iterable
 
-import open_clip
 import torch
 
+from clipflux import distributed
 from clipflux.config import from_dict
 
 REGISTRY: dict[str, type["Method"]] = {}
@@ -75,9 +75,9 @@ def method_params(name: str, raw: dict[str, Any] | None) -> Any:
 
 
 def clip_loss(out: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """The symmetric InfoNCE loss of CLIP over a batch's image-text pairs."""
-    image_features, text_features, logit_scale = out[:3]
-    return open_clip.ClipLoss()(image_features, text_features, logit_scale)
+    """The symmetric InfoNCE loss of CLIP over a batch's image-text pairs (over all ranks' slices of the
+    step's batch during data-parallel training, see `clipflux.distributed`)."""
+    return distributed.clip_loss(*out[:3])
 
 
 class Method:

@@ -43,7 +43,25 @@ def global_seed(config: dict[str, Any]) -> int:
     return found[0] if found else 0
 
 
-def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], runs_dir: str | Path = RUNS_DIR) -> T:
+class UntrackedRun:
+    """What `main` gets instead of a Sacred run on ranks other than 0 of a torchrun job: it records nothing."""
+
+    _id = None
+    observers: tuple = ()
+
+    def __init__(self) -> None:
+        self.info: dict[str, Any] = {}
+        self.meta_info: dict[str, Any] = {"clipflux_uid": None}
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        """Rank 0 logs the job's metrics."""
+
+    def _emit_heartbeat(self) -> None:
+        """Nothing to flush."""
+
+
+def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], runs_dir: str | Path = RUNS_DIR,
+                primary: bool = True) -> T:
     """Run `main(run)` as a Sacred run of experiment `clipflux.<stage>`.
 
     The run is observed into `runs_dir/<stage>/<id>/` always, and into MongoDB (CLIPFLUX_MONGO_URL, else the
@@ -56,7 +74,14 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], ru
         config: the run's configuration: its params section plus derived values (plain JSON types).
         main: the work; receives the Sacred run (for `log_scalar` and `info`) and returns a small JSON-able result.
         runs_dir: root folder of the file observer.
+        primary: False on ranks other than 0 of a torchrun job: `main` then gets an `UntrackedRun`, after the
+            global generators are seeded as Sacred seeds them on rank 0.
     """
+    if not primary:
+        from sacred.randomness import set_global_seed
+
+        set_global_seed(global_seed(config))
+        return main(UntrackedRun())
     from sacred import Experiment
 
     from clipflux.tracking.observers import LocalFileObserver, bounded_output
@@ -99,5 +124,7 @@ def configure_torch(threads: int) -> None:
     """Fix the thread count and demand deterministic algorithms (part of the recorded environment)."""
     import torch
 
+    # cuBLAS is deterministic only with a fixed workspace, set before CUDA starts (no effect on the CPU).
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.set_num_threads(threads)
     torch.use_deterministic_algorithms(True)
