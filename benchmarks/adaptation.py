@@ -1,0 +1,98 @@
+"""Knowledge accumulation against compute: full finetuning over the default stream at multiples of its budget.
+
+Usage: python benchmarks/adaptation.py [--multiples 1 2 4] [--lrs 0.0003] [--batch-size 64] [--method finetune]
+
+Needs the default pipeline's outputs (`./run.sh repro`: data/shards, data/streams/fif_random.json,
+models/base.pt). For every (multiple, learning rate) it trains the base model over the stream's tasks with
+`multiple` x train.samples_per_task samples per task (the train stage's loop, no tracking), then evaluates
+every FiF dataset in full, and prints A_KA and A_ZS before and after with the training time: how far the
+default's budget is from a given gain in A_KA on this machine.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TQDM_DISABLE", "1")  # tables only (tqdm reads it on import)
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from clipflux.config import MixtureConfig, load_params
+from clipflux.data.loader import index_items
+from clipflux.data.pipeline import load_datasets, open_dataset
+from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
+from clipflux.methods import build_method
+from clipflux.models import create_model, load_weights
+from clipflux.tracking import configure_torch
+from clipflux.train import Loop, Trainer
+
+from common import machine, table
+
+
+def stream_tasks(shards: Path, stream_file: Path) -> tuple[list, list[np.ndarray]]:
+    """Readers and per-task items of a resolved stream, as the train stage builds them."""
+    stream = json.loads(stream_file.read_text())
+    datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
+    readers = [open_dataset(shards, d, "train") for d in datasets]
+    tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
+                             for i, d in enumerate(datasets) if d in task["samples"]])
+             for task in stream["tasks"]]
+    return readers, tasks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--multiples", type=float, nargs="+", default=[1, 2, 4], help="x train.samples_per_task")
+    parser.add_argument("--lrs", type=float, nargs="+", default=None, help="default: train.optim.lr")
+    parser.add_argument("--batch-size", type=int, default=None, help="default: train.optim.batch_size")
+    parser.add_argument("--method", default="finetune")
+    parser.add_argument("--stream", type=Path, default=Path("data/streams/fif_random.json"))
+    args = parser.parse_args()
+    params = load_params()
+    configure_torch(params.train.threads)
+    for needed in (Path("data/shards/manifest.json"), args.stream, Path("models/base.pt")):
+        if not needed.exists():
+            raise SystemExit(f"{needed} is missing: run the default pipeline first (./run.sh repro)")
+    readers, tasks = stream_tasks(Path("data/shards"), args.stream)
+    sets, _ = evaluation_sets("data/shards", load_datasets("data/shards"), params.train.seed, 1.0)
+    model, tokenizer = create_model(params.model)
+    load_weights(model, "models/base.pt")
+    base = evaluate_state(Evaluator(model, tokenizer, 256), sets, True, desc="base")
+    batch = args.batch_size or params.train.optim.batch_size
+    print(machine(torch.device("cpu")))
+    print(f"{args.method} over {args.stream} ({len(tasks)} tasks), batch {batch}; default budget: "
+          f"{params.train.samples_per_task} samples per task; A_KA / A_ZS on the full sets\n")
+    rows = []
+    for lr in args.lrs or [params.train.optim.lr]:
+        for multiple in args.multiples:
+            steps = max(1, round(multiple * params.train.samples_per_task / batch))
+            optim = dataclasses.replace(params.train.optim, lr=lr, batch_size=batch)
+            loop = Loop(params.train.seed, steps, optim, MixtureConfig(1.0, 0.0, 0.0), 10**9, 1)
+            load_weights(model, "models/base.pt")
+            method = build_method(args.method, params.methods.get(args.method))
+            start = time.perf_counter()
+            with tempfile.TemporaryDirectory() as checkpoints:
+                trainer = Trainer(model, method, tokenizer, readers, tasks, np.empty((0, 2), np.int64), loop,
+                                  checkpoints, lambda *_: None, {})
+                trainer.fit()
+            seconds = time.perf_counter() - start
+            final = evaluate_state(Evaluator(model, tokenizer, 256), sets, True, desc="final")
+            rows.append([f"{multiple:g}", lr, steps, steps * batch * len(tasks), f"{seconds:.0f}",
+                         f"{base['A_KA']:.1f}", f"{final['A_KA']:.1f}", f"{final['A_KA'] - base['A_KA']:+.1f}",
+                         f"{base['A_ZS']:.1f}", f"{final['A_ZS']:.1f}"])
+            print(table(["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final",
+                         "A_KA gain", "A_ZS base", "A_ZS final"], rows[-1:]), flush=True)
+    print("\n" + table(["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final", "A_KA gain",
+                        "A_ZS base", "A_ZS final"], rows))
+
+
+if __name__ == "__main__":
+    main()
