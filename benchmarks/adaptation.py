@@ -58,7 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     params = load_params()
     configure_torch(params.train.threads)
-    for needed in (Path("data/shards/manifest.json"), args.stream, Path("models/base.pt")):
+    for needed in (Path("data/shards/datasets.json"), args.stream, Path("models/base.pt")):
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: run the default pipeline first (./run.sh repro)")
     readers, tasks = stream_tasks(Path("data/shards"), args.stream)
