@@ -6,7 +6,8 @@ Needs the default pipeline's outputs (`./run.sh repro`: data/shards, data/stream
 models/base.pt). For every (multiple, learning rate) it trains the base model over the stream's tasks with
 `multiple` x train.samples_per_task samples per task (the train stage's loop, no tracking), then evaluates
 every FiF dataset in full, and prints A_KA and A_ZS before and after with the training time: how far the
-default's budget is from a given gain in A_KA on this machine.
+default's budget is from a given gain in A_KA on this machine. A per-dataset table (base model, then each
+run) follows.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import numpy as np
 import torch
 
 from clipflux.config import MixtureConfig, load_params
-from clipflux.data.loader import index_items
-from clipflux.data.pipeline import load_datasets, open_dataset
+from clipflux.data.loader import stream_tasks
+from clipflux.data.pipeline import load_datasets
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights
@@ -35,17 +36,6 @@ from clipflux.tracking import configure_torch
 from clipflux.train import Loop, Trainer
 
 from common import machine, table
-
-
-def stream_tasks(shards: Path, stream_file: Path) -> tuple[list, list[np.ndarray]]:
-    """Readers and per-task items of a resolved stream, as the train stage builds them."""
-    stream = json.loads(stream_file.read_text())
-    datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
-    readers = [open_dataset(shards, d, "train") for d in datasets]
-    tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
-                             for i, d in enumerate(datasets) if d in task["samples"]])
-             for task in stream["tasks"]]
-    return readers, tasks
 
 
 def main() -> None:
@@ -61,7 +51,7 @@ def main() -> None:
     for needed in (Path("data/shards/datasets.json"), args.stream, Path("models/base.pt")):
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: run the default pipeline first (./run.sh repro)")
-    readers, tasks = stream_tasks(Path("data/shards"), args.stream)
+    readers, tasks = stream_tasks("data/shards", json.loads(args.stream.read_text()))
     sets, _ = evaluation_sets("data/shards", load_datasets("data/shards"), params.train.seed, 1.0)
     model, tokenizer = create_model(params.model)
     load_weights(model, "models/base.pt")
@@ -70,7 +60,7 @@ def main() -> None:
     print(machine(torch.device("cpu")))
     print(f"{args.method} over {args.stream} ({len(tasks)} tasks), batch {batch}; default budget: "
           f"{params.train.samples_per_task} samples per task; A_KA / A_ZS on the full sets\n")
-    rows = []
+    rows, finals = [], []
     for lr in args.lrs or [params.train.optim.lr]:
         for multiple in args.multiples:
             steps = max(1, round(multiple * params.train.samples_per_task / batch))
@@ -85,6 +75,7 @@ def main() -> None:
                 trainer.fit()
             seconds = time.perf_counter() - start
             final = evaluate_state(Evaluator(model, tokenizer, 256), sets, True, desc="final")
+            finals.append((f"x{multiple:g} lr {lr:g}", final["scores"]))
             rows.append([f"{multiple:g}", lr, steps, steps * batch * len(tasks), f"{seconds:.0f}",
                          f"{base['A_KA']:.1f}", f"{final['A_KA']:.1f}", f"{final['A_KA'] - base['A_KA']:+.1f}",
                          f"{base['A_ZS']:.1f}", f"{final['A_ZS']:.1f}"])
@@ -92,6 +83,14 @@ def main() -> None:
                          "A_KA gain", "A_ZS base", "A_ZS final"], rows[-1:]), flush=True)
     print("\n" + table(["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final", "A_KA gain",
                         "A_ZS base", "A_ZS final"], rows))
+    print("\n" + per_dataset(load_datasets("data/shards"), base["scores"], finals))
+
+
+def per_dataset(manifests: dict[str, dict], base: dict[str, float], finals: list[tuple[str, dict]]) -> str:
+    """Every dataset's score (accuracy, or Recall@5 for retrieval) for the base model and after each run."""
+    rows = [[name, manifests[name]["role"], f"{base[name]:.1f}", *(f"{scores[name]:.1f}" for _, scores in finals)]
+            for name in sorted(base, key=lambda n: (manifests[n]["role"], n))]
+    return table(["dataset", "role", "base", *(label for label, _ in finals)], rows)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from clipflux import checkpoint, distributed
 from clipflux.budget import plan
 from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
-from clipflux.data.loader import index_items
+from clipflux.data.loader import index_items, stream_tasks
 from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights, save_weights, state_sha256
@@ -44,11 +44,7 @@ def main() -> None:
     stream = json.loads(args.stream.read_text())
 
     # Data: one reader per adaptation dataset in the stream, plus the pretraining pool (data.pool).
-    datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
-    readers = [open_dataset(args.shards, d, "train") for d in datasets]
-    tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
-                             for i, d in enumerate(datasets) if d in task["samples"]])
-             for task in stream["tasks"]]
+    readers, tasks = stream_tasks(args.shards, stream)
     pool = np.empty((0, 2), dtype=np.int64)
     if exp.mixture.pretraining > 0:
         readers.append(open_dataset(args.shards, params.data.pool, "train"))

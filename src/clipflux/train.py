@@ -18,7 +18,6 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from clipflux import checkpoint, distributed, faults
 from clipflux.config import BufferConfig, MixtureConfig, OptimConfig
@@ -27,6 +26,7 @@ from clipflux.data.shards import ShardReader
 from clipflux.distributed import Placement
 from clipflux.methods import Method, TaskContext
 from clipflux.models import image_size
+from clipflux.progress import Progress, progress
 from clipflux.replay import Buffer, split_batch
 
 LogScalar = Callable[[str, float, int], None]
@@ -53,8 +53,8 @@ def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
     """Learning rate at `step` of a task: linear warmup, then cosine decay to zero (restarted every task)."""
     if step < optim.warmup_steps:
         return optim.lr * (step + 1) / optim.warmup_steps
-    progress = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * progress))
+    done = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
+    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * done))
 
 
 class Trainer:
@@ -270,8 +270,8 @@ class Trainer:
     def _train_task(self, task: int, start_step: int) -> None:
         steps, offset = self.steps(task), self._offset(task)
         self.model.train()
-        bar = tqdm(self._loader(task, start_step), total=steps, initial=start_step, disable=not self.placement.primary,
-                   desc=f"task {task + 1}/{len(self.tasks)}", unit="step", mininterval=5.0)
+        bar = progress(self._loader(task, start_step), desc=f"task {task + 1}/{len(self.tasks)}", total=steps,
+                       initial=start_step, unit="step", mode=None if self.placement.primary else "off", mininterval=5.0)
         params = self.method.trainable_parameters()
         unlogged: list[tuple[int, torch.Tensor, float]] = []
         for step, batch in enumerate(bar, start=start_step):
@@ -304,7 +304,7 @@ class Trainer:
             if (step + 1) % self.loop.checkpoint_every == 0 and step + 1 < steps:
                 self._save(task, step + 1)
 
-    def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: tqdm) -> None:
+    def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: Progress) -> None:
         """Log the loss (rank 0: the mean over ranks) and learning rate of each (global step, loss, lr)."""
         losses = distributed.mean(torch.stack([loss for _, loss, _ in unlogged]), self.placement)
         if not self.placement.primary:

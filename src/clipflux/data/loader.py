@@ -9,10 +9,12 @@ and together the whole batch, so the ranks share out every data source of the ta
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from clipflux.data.pipeline import open_dataset
 from clipflux.data.shards import ShardReader
 from clipflux.models import to_input
 from clipflux.replay import SOURCES, draw
@@ -98,3 +100,18 @@ def index_items(reader_id: int, reader: ShardReader, keys: list[str] | None = No
             raise KeyError(f"{reader.shard_dir}: {len(missing)} stream keys not in the shards, e.g. {missing[0]!r}")
         indices = np.array([position[k] for k in keys], dtype=np.int64)
     return np.stack([np.full(len(indices), reader_id, dtype=np.int64), indices], axis=1)
+
+
+def stream_tasks(shards: str | Path, stream: dict) -> tuple[list[ShardReader], list[np.ndarray]]:
+    """One train-split reader per dataset of a resolved stream (sorted by name) and each task's (N, 2) items.
+
+    Args:
+        shards: the shards folder.
+        stream: a stream file written by build_stream (`tasks`: per task, sample keys per dataset).
+    """
+    datasets = sorted({d for task in stream["tasks"] for d in task["samples"]})
+    readers = [open_dataset(shards, d, "train") for d in datasets]
+    tasks = [np.concatenate([index_items(i, readers[i], task["samples"][d])
+                             for i, d in enumerate(datasets) if d in task["samples"]])
+             for task in stream["tasks"]]
+    return readers, tasks

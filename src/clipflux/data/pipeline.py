@@ -20,12 +20,12 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from clipflux.config import WorldConfig
 from clipflux.data.shards import ShardError, load_manifest, write_shards
 from clipflux.data.sources import load_manifest_at, open_reader
 from clipflux.data.world import DatasetSpec, build_world, generate
+from clipflux.progress import progress as show_progress
 
 
 def _write_json(path: Path, obj: object) -> None:
@@ -68,7 +68,7 @@ def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True)
             with open(out / f"{split}.jsonl", "w") as f:
                 f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
             if progress:
-                tqdm.write(f"download: {spec.name}/{split}: {len(records)} samples")
+                print(f"download: {spec.name}/{split}: {len(records)} samples", flush=True)
         names.append(spec.name)
     return names
 
@@ -139,7 +139,8 @@ def preprocess(raw_dir: str | Path, shards_dir: str | Path, shard_size: int,
         shutil.rmtree(shards_dir)
     shards_dir.mkdir(parents=True)
     manifests = {}
-    for dataset_dir in tqdm(sorted(p for p in raw_dir.iterdir() if p.is_dir()), desc="preprocess", unit="dataset"):
+    dataset_dirs = sorted(p for p in raw_dir.iterdir() if p.is_dir())
+    for dataset_dir in show_progress(dataset_dirs, desc="preprocess", unit="dataset"):
         manifests[dataset_dir.name] = shard_dataset(dataset_dir, shards_dir / dataset_dir.name, shard_size)
     index = {name: {"role": m["role"], "task": m["task"]} for name, m in manifests.items()}
     for name, location in sorted((external or {}).items()):
