@@ -41,16 +41,16 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def _model() -> tuple[torch.nn.Module, object]:
+def _model(arch: str = "clipflux-tiny") -> tuple[torch.nn.Module, object]:
     torch.manual_seed(0)
-    return create_model(ModelConfig(name="clipflux-tiny"))
+    return create_model(ModelConfig(name=arch))
 
 
-def _trainer(shards, ckpt_dir, log, name: str, params: dict | None = None) -> Trainer:
+def _trainer(shards, ckpt_dir, log, name: str, params: dict | None = None, arch: str = "clipflux-tiny") -> Trainer:
     readers = [ShardReader(shards / "novel_shapes", "train"), ShardReader(shards / "pool", "train")]
     items = index_items(0, readers[0])
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
-    model, tokenizer = _model()
+    model, tokenizer = _model(arch)
     loop = Loop(seed=3, steps_per_task=STEPS, optim=OPTIM, mixture=MixtureConfig(0.5, 0.25, 0.25),
                 checkpoint_every=2)
     method = build_method(name, PARAMS.get(name) if params is None else params)
@@ -141,6 +141,48 @@ def test_selective_methods_change_exactly_the_parameters_they_select(name, tiny_
     run = _reference(name, tiny_shards, tmp_path_factory)
     expected = {n for n in run["before"] if _selected_by_name(name, n)}
     assert expected and _changed(run) == expected
+
+
+# -- a ResNet image tower (the default clipflux-tiny-rn) -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_every_method_trains_a_resnet_image_tower(name, tiny_shards, tmp_path):
+    """BatchNorm layers: trained ones update their running statistics, frozen ones keep them (a locked tower
+    stays exactly the base); parameters change only where the method trains."""
+    trainer = _trainer(tiny_shards, tmp_path, lambda *_: None, name, arch="clipflux-tiny-rn")
+    before = snapshot(trainer.model)
+    trainable = {n for n, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.fit()
+    after = snapshot(trainer.model)
+    changed = {n for n in after if not torch.equal(before[n], after[n])}
+    parameters = {n for n, _ in trainer.model.named_parameters()}
+    # open_clip zero-initialises each bottleneck's last BatchNorm gain, so while that gain stays frozen at zero
+    # (BitFit), the layers before it get no gradient: changed parameters are a subset of the trainable ones
+    assert trainable and changed & parameters and changed & parameters <= trainable
+    for module_name, module in trainer.model.named_modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            stats = f"{module_name}.running_mean"
+            assert (stats in changed) == any(p.requires_grad for p in module.parameters()), stats
+    assert set(trainer.method.eval_model().state_dict()) == set(_model("clipflux-tiny-rn")[0].state_dict())
+
+
+def test_lnfit_trains_the_batchnorm_layers_of_a_resnet_tower():
+    model, _ = _model("clipflux-tiny-rn")
+    build_method("lnfit", PARAMS["lnfit"]).setup(model)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    norms = {f"{m}.{p}" for m, module in model.named_modules()
+             if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for p in ("weight", "bias")}
+    assert trained == norms and "visual.layer1.0.downsample.1.weight" in trained and "ln_final.bias" in trained
+
+
+@pytest.mark.parametrize("kv_only", [False, True])
+def test_lora_adapts_the_attention_pool_of_a_resnet_tower(kv_only):
+    model, _ = _model("clipflux-tiny-rn")
+    build_method("lora", dict(PARAMS["lora"], towers=["image"], kv_only=kv_only)).setup(model)
+    adapted = {n.split(".parametrizations.")[0] for n, p in model.named_parameters() if p.requires_grad}
+    names = ("k_proj", "v_proj") if kv_only else ("q_proj", "k_proj", "v_proj", "c_proj")
+    assert adapted == {f"visual.attnpool.{n}" for n in names}
 
 
 # -- adapters ------------------------------------------------------------------------------------------

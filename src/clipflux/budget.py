@@ -42,7 +42,7 @@ from clipflux.flops import count_step
 from clipflux.methods import Method, TaskContext, build_method
 from clipflux.methods.base import ExtraWork
 from clipflux.methods.weights import copy_model
-from clipflux.models import create_model, image_size, register_configs
+from clipflux.models import create_model, image_size, is_batchnorm, register_configs
 
 PROBE_BATCHES = (1, 2, 3)
 
@@ -124,11 +124,21 @@ def _second_task(model: torch.nn.Module, method: Method, generator: torch.Genera
         return (_batch(model, 1, generator, device) for _ in range(min(n, 1)))
 
     method.setup(model)
+    _probe_mode(model)
     first = TaskContext(index=0, num_tasks=2, steps=1, batches=batches)
     method.begin_task(first)
     method.end_task(first)
     method.begin_task(TaskContext(index=1, num_tasks=2, steps=1, batches=batches))
+    _probe_mode(model)
+
+
+def _probe_mode(model: torch.nn.Module) -> None:
+    """Training mode, with BatchNorm layers (a ResNet tower's) on their running statistics: batch statistics
+    are undefined at the probe batch of 1, and they cost a few operations per activation, not a matmul."""
     model.train()
+    for module in model.modules():
+        if is_batchnorm(module):
+            module.eval()
 
 
 def _held(value: Any) -> Iterator[torch.Tensor]:

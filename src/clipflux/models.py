@@ -84,6 +84,11 @@ def load_pretrained(model: torch.nn.Module, cfg: ModelConfig) -> str:
     return f"{cfg.name} {cfg.pretrained} ({cfg.cache_dir or 'open_clip cache'})"
 
 
+def is_batchnorm(module: torch.nn.Module) -> bool:
+    """A BatchNorm layer (a ResNet image tower has them; a ViT CLIP has none)."""
+    return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+
+
 def image_size(model: open_clip.CLIP) -> int:
     """The side length the vision tower expects."""
     size = model.visual.image_size

@@ -25,7 +25,7 @@ from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
 from clipflux.distributed import Placement
 from clipflux.methods import Method, TaskContext
-from clipflux.models import image_size
+from clipflux.models import image_size, is_batchnorm
 from clipflux.progress import Progress, progress
 from clipflux.replay import Buffer, split_batch
 
@@ -47,6 +47,15 @@ class Loop:
     precision: str = "fp32"  # or "bf16": autocast of forward and loss
     compile: bool = False
     pin_memory: bool = False  # only used when training on a GPU
+
+
+def train_mode(model: torch.nn.Module) -> None:
+    """Training mode, except for BatchNorm layers whose parameters are all frozen: they keep their running
+    statistics (as open_clip's `lock_image_tower(freeze_bn_stats=True)`), so a frozen tower stays the same."""
+    model.train()
+    for module in model.modules():
+        if is_batchnorm(module) and not any(p.requires_grad for p in module.parameters()):
+            module.eval()
 
 
 def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
@@ -254,8 +263,10 @@ class Trainer:
         if not self.placement.distributed:
             return self.model
         device_ids = [self.placement.device.index] if self.placement.device.type == "cuda" else None
-        # CLIP has no running statistics: no buffers to broadcast before every forward.
-        return DistributedDataParallel(self.model, device_ids=device_ids, forward_sync_buffers=False)
+        # A ViT CLIP has no running statistics; a ResNet tower's BatchNorm statistics are broadcast from rank 0
+        # before every forward, so all ranks (and the checkpoint) hold the same ones.
+        return DistributedDataParallel(self.model, device_ids=device_ids,
+                                       forward_sync_buffers=any(map(is_batchnorm, self.model.modules())))
 
     def _autocast(self):
         if self.loop.precision == "bf16":
@@ -269,7 +280,7 @@ class Trainer:
 
     def _train_task(self, task: int, start_step: int) -> None:
         steps, offset = self.steps(task), self._offset(task)
-        self.model.train()
+        train_mode(self.model)
         bar = progress(self._loader(task, start_step), desc=f"task {task + 1}/{len(self.tasks)}", total=steps,
                        initial=start_step, unit="step", mode=None if self.placement.primary else "off", mininterval=5.0)
         params = self.method.trainable_parameters()

@@ -115,10 +115,15 @@ class Target:
 def targets(model: torch.nn.Module, towers: list[Tower], blocks: dict[Tower, list[int]],
             kv_only: bool) -> list[Target]:
     """The weights to adapt: in each chosen block, k and v of the packed in_proj (`kv_only`), or q, k, v,
-    `out_proj`, and the MLP's `c_fc` and `c_proj`."""
+    `out_proj`, and the MLP's `c_fc` and `c_proj`; in a ResNet's attention pool, `k_proj` and `v_proj`, or
+    `q_proj`, `k_proj`, `v_proj` and `c_proj`."""
     found = []
     for tower in towers:
         for block in resblocks(model, tower, blocks[tower]):
+            if hasattr(block, "q_proj"):  # open_clip's AttentionPool2d: separate q, k, v and output Linears
+                names = ("k_proj", "v_proj") if kv_only else ("q_proj", "k_proj", "v_proj", "c_proj")
+                found += [Target(getattr(block, n), "weight", [(0, getattr(block, n).weight.shape[0])]) for n in names]
+                continue
             attn = block.attn
             if not isinstance(attn, torch.nn.MultiheadAttention) or not attn._qkv_same_embed_dim:
                 raise TypeError(f"expected nn.MultiheadAttention with a packed in_proj, got {type(attn).__name__}")

@@ -34,12 +34,17 @@ def transformer_of(model: torch.nn.Module, tower: Tower) -> torch.nn.Module:
 
 
 def resblocks(model: torch.nn.Module, tower: Tower, indices: list[int]) -> list[torch.nn.Module]:
-    """The residual blocks of a tower with the given indices (all of them when `indices` is empty).
+    """The attention blocks of a tower with the given indices (all of them when `indices` is empty): the
+    residual blocks of a transformer, or the attention pool (`visual.attnpool`), the one attention block of
+    a ResNet image tower (open_clip's `ModifiedResNet`, as in CLIP's RN50).
 
     Raises:
         ValueError: an index is outside the tower's depth.
     """
-    blocks = list(transformer_of(model, tower).resblocks)
+    if tower == "image" and hasattr(model.visual, "attnpool"):
+        blocks = [model.visual.attnpool]
+    else:
+        blocks = list(transformer_of(model, tower).resblocks)
     bad = [i for i in indices if not -len(blocks) <= i < len(blocks)]
     if bad:
         raise ValueError(f"{tower} tower has {len(blocks)} blocks; block indices {bad} do not exist")
