@@ -20,7 +20,7 @@ from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
 from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
-from clipflux.models import create_model, load_pretrained, save_weights, state_sha256
+from clipflux.models import architecture, create_model, load_pretrained, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
@@ -50,8 +50,8 @@ def main() -> None:
 
     pool = open_dataset(args.shards, params.data.pool, "train")
     steps = math.ceil(cfg.samples / cfg.optim.batch_size)
-    config = {"model": dataclasses.asdict(params.model), "pretrain": dataclasses.asdict(cfg), "steps": steps,
-              "world_size": placement.world_size}
+    config = {"model": dataclasses.asdict(params.model), "architecture": architecture(params.model.name),
+              "pretrain": dataclasses.asdict(cfg), "steps": steps, "world_size": placement.world_size}
     loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(1.0, 0.0, 0.0), cfg.checkpoint_every,
                 cfg.keep_checkpoints, cfg.workers, precision=cfg.precision, compile=cfg.compile,
                 pin_memory=cfg.pin_memory)

@@ -19,7 +19,7 @@ from clipflux.config import load_params
 from clipflux.data.loader import index_items, stream_tasks
 from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
-from clipflux.models import create_model, load_weights, save_weights, state_sha256
+from clipflux.models import architecture, create_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
@@ -62,6 +62,7 @@ def main() -> None:
         "buffer": dataclasses.asdict(exp.buffer),
         "train": dataclasses.asdict(cfg),
         "model": dataclasses.asdict(params.model),
+        "architecture": architecture(params.model.name),
         "steps_per_task": steps,
         "budget": budget,
         "num_tasks": len(tasks),

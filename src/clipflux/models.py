@@ -84,6 +84,13 @@ def load_pretrained(model: torch.nn.Module, cfg: ModelConfig) -> str:
     return f"{cfg.name} {cfg.pretrained} ({cfg.cache_dir or 'open_clip cache'})"
 
 
+def architecture(name: str) -> dict | None:
+    """The open_clip config of architecture `name` (towers, widths, depths): part of a run's recorded
+    parameters, so a checkpoint is never resumed into a changed `configs/models/<name>.json`."""
+    register_configs()
+    return open_clip.get_model_config(name)
+
+
 def is_batchnorm(module: torch.nn.Module) -> bool:
     """A BatchNorm layer (a ResNet image tower has them; a ViT CLIP has none)."""
     return isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
