@@ -37,6 +37,9 @@ from clipflux.train import Loop, Trainer
 
 from common import machine, table
 
+COLUMNS = ["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final", "A_KA gain", "A_ZS base",
+           "A_ZS final"]
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,10 +82,8 @@ def main() -> None:
             rows.append([f"{multiple:g}", lr, steps, steps * batch * len(tasks), f"{seconds:.0f}",
                          f"{base['A_KA']:.1f}", f"{final['A_KA']:.1f}", f"{final['A_KA'] - base['A_KA']:+.1f}",
                          f"{base['A_ZS']:.1f}", f"{final['A_ZS']:.1f}"])
-            print(table(["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final",
-                         "A_KA gain", "A_ZS base", "A_ZS final"], rows[-1:]), flush=True)
-    print("\n" + table(["budget x", "lr", "steps/task", "samples", "train s", "A_KA base", "A_KA final", "A_KA gain",
-                        "A_ZS base", "A_ZS final"], rows))
+            print(table(COLUMNS, rows[-1:]), flush=True)  # each run's row as it ends, then all of them
+    print("\n" + table(COLUMNS, rows))
     print("\n" + per_dataset(load_datasets("data/shards"), base["scores"], finals))
 
 

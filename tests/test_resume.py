@@ -21,6 +21,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from clipflux.checkpoint import CheckpointError, check_fingerprint
 from clipflux.data.pipeline import generate_world, preprocess
 from clipflux.methods import REGISTRY
 from clipflux.models import create_model, save_weights, state_sha256
@@ -191,3 +192,16 @@ def test_other_parameters_are_refused_with_the_differing_keys(workspace):
         assert started_over.returncode == 0, started_over.stderr[-3000:]
     finally:
         (workspace / "params.yaml").write_text(original)
+
+
+def test_the_architecture_is_part_of_the_recorded_parameters(workspace):
+    """Editing configs/models/<name>.json must refuse a resume, not load old weights into a new shape."""
+    _reference(workspace, "finetune")
+    run = next(r for r in _runs(workspace) if r["config"].get("experiment") == "finetune")
+    name = load_params(workspace / "params.yaml").model.name
+    shipped = json.loads((REPO / "configs" / "models" / f"{name}.json").read_text())
+    assert run["config"]["architecture"] == shipped
+    widened = json.loads(json.dumps(run["config"]))
+    widened["architecture"]["vision_cfg"]["width"] *= 2
+    with pytest.raises(CheckpointError, match="architecture: checkpoint"):
+        check_fingerprint(run["config"], widened)
