@@ -17,7 +17,7 @@ from PIL import Image
 from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
 from clipflux.data import layouts
 from clipflux.data.importers import DatasetImportError, ImportSpec, write_dataset
-from clipflux.data.loader import index_items
+from clipflux.data.loader import index_items, stream_tasks
 from clipflux.data.pipeline import load_datasets, open_dataset, preprocess
 from clipflux.data.shards import ShardReader, sha256_file
 from clipflux.data.timesteps import TimeStepError, from_id_lists, from_specs, parse_time, yearly
@@ -192,12 +192,12 @@ def test_imported_datasets_train_through_the_index(fixtures, tmp_path):
     assert {n: m["role"] for n, m in manifests.items()} == {"colours_real": "adaptation", "csv_set": "adaptation",
                                                             "laion_like": "pretraining"}
 
-    readers = [open_dataset(tmp_path / "shards", d, "train") for d in ("colours_real", "csv_set", "laion_like")]
+    adaptation = {d: open_dataset(tmp_path / "shards", d, "train") for d in ("colours_real", "csv_set")}
     keys = {name: {c: [k for k, lab in zip(r.keys, r.labels) if manifests[name]["classes"][lab] == c]
-                   for c in manifests[name]["classes"]} for name, r in zip(("colours_real", "csv_set"), readers)}
+                   for c in manifests[name]["classes"]} for name, r in adaptation.items()}
     stream = ["colours_real+++red", "csv_set+++blue", "colours_real+++green", "csv_set+++red"]
-    tasks = [np.concatenate([index_items(i, readers[i], t["samples"][d]) for i, d in enumerate(("colours_real", "csv_set"))
-                             if d in t["samples"]]) for t in resolve(stream, 2, keys)]
+    readers, tasks = stream_tasks(tmp_path / "shards", {"tasks": resolve(stream, 2, keys)})  # as the train stage
+    readers.append(open_dataset(tmp_path / "shards", "laion_like", "train"))
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
     before = state_sha256(model.state_dict())
