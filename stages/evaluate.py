@@ -19,8 +19,9 @@ from clipflux.config import load_params
 from clipflux.data.pipeline import load_datasets
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets, preload
 from clipflux.matrix import dataset_info, summarize
+from clipflux.metrics import aggregate_metrics
 from clipflux.models import create_model
-from clipflux.streams import load_stream_file, parse_entry
+from clipflux.streams import chunk, load_stream_file, parse_entry
 from clipflux.subsets import evaluation_plan
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 
@@ -34,10 +35,25 @@ def protocol(params, experiment: str, manifests: dict[str, dict]) -> str:
     return "tic" if any(manifests[parse_entry(e)[0]]["role"] == "tic" for e in stream) else "fif"
 
 
+def time_groups(params, experiment: str, manifests: dict[str, dict]) -> list[list[str]] | None:
+    """The time steps (as the samples' `time_step` values) each task of a TiC stream trains on, or None."""
+    cfg = params.streams[params.experiments[experiment].stream]
+    groups = []
+    for task in chunk(load_stream_file(cfg.file), cfg.num_tasks):
+        steps = []
+        for dataset, name in map(parse_entry, task):
+            if manifests[dataset]["role"] != "tic":
+                return None
+            steps.append(str(manifests[dataset]["classes"].index(name)))  # a step's class index is its time_step
+        groups.append(steps)
+    return groups
+
+
 def evaluate_base(args, params, manifests: dict[str, dict], evaluator: Evaluator) -> None:
     """Evaluate the base model in full on the sets of every protocol in use; write {protocol: row}."""
     cfg = params.evaluate
-    protocols = sorted({protocol(params, name, manifests) for name in params.experiments})
+    protocols = sorted({protocol(params, name, manifests) for name, exp in params.experiments.items()
+                        if exp.init == "base"})  # runs from a random initialisation evaluate their own
     config = {"experiment": None, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model),
               "protocols": protocols}
 
@@ -96,12 +112,35 @@ def main() -> None:
     if cfg.preload:
         sets = preload(sets)
     datasets = {n: dataset_info(s.manifest, s.split, len(s.full), len(s.subset)) for n, s in sets.items()}
-    states = [args.base] + sorted(args.models.glob("task_*.pt"))  # states[0] unread with --base-rows
+    base_row = json.loads(args.base_rows.read_text()).get(kind) if args.base_rows else None
+    groups = time_groups(params, args.experiment, manifests) if kind == "tic" else None
+    evaluations, metrics = [], []
+    for seed_index in range(params.study.seeds):
+        evaluation, seed_metrics = evaluate_seed(args, params, seed_index, evaluator, sets, datasets, skipped, base_row,
+                                                 groups)
+        evaluations.append(evaluation)
+        metrics.append(seed_metrics)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "eval.json").write_text(json.dumps(evaluations[0] | {"seeds": evaluations}, indent=1) + "\n")
+    (args.out / "metrics.json").write_text(json.dumps(aggregate_metrics(metrics), indent=1) + "\n")
+
+
+def evaluate_seed(args, params, seed_index: int, evaluator: Evaluator, sets: dict, datasets: dict, skipped: dict,
+                  base_row: dict | None, groups: list[list[str]] | None) -> tuple[dict, dict]:
+    """Evaluate one seed's weights (`--models/seed_<s>`) after every task: its evaluation and metrics."""
+    cfg = params.evaluate
+    models = args.models / f"seed_{seed_index}"
+    initial = models / "task_000.pt"  # a run from random initialisation starts from its own weights
+    if initial.exists():
+        base_row = None
+    trained = sorted(path for path in models.glob("task_*.pt") if path != initial)
+    states = [initial if initial.exists() else args.base] + trained  # states[0] unread with base rows
     plan = evaluation_plan(len(states), cfg.subset)
-    base_row = json.loads(args.base_rows.read_text())[kind] if args.base_rows else None
     method = params.experiments[args.experiment].method
-    config = {"experiment": args.experiment, "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model),
-              "datasets": datasets, "skipped": skipped}
+    config = {"experiment": args.experiment, "seed_index": seed_index, "evaluate": dataclasses.asdict(cfg),
+              "model": dataclasses.asdict(params.model), "datasets": datasets, "skipped": skipped}
+
+    found: dict[str, dict] = {}
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
@@ -111,22 +150,23 @@ def main() -> None:
                 row = base_row  # the same weights on the same full sets: evaluated once by evaluate_base
             else:
                 evaluator.load(path)
-                what = "base model" if task == 0 else f"after task {task}/{len(states) - 1}"
-                row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment}: {what}"
-                                                             + ("" if full else " (subsets)"))}
+                what = ("initial weights" if initial.exists() else "base model") if task == 0 else \
+                    f"after task {task}/{len(states) - 1}"
+                row = {"after_task": task, **evaluate_state(evaluator, sets, full, f"evaluate {args.experiment} "
+                                                             f"(seed {seed_index}): {what}" + ("" if full else " (subsets)"))}
             rows.append(row)
             faults.reached("evaluate")
             log_row(run, row)
-        budget = args.models / "budget.json"  # what the train stage allotted (absent for weights from elsewhere)
-        settings = {"validation": cfg.validation, "subset": cfg.subset, "seed": cfg.seed, "skipped": skipped,
+        budget = models / "budget.json"  # what the train stage allotted (absent for weights from elsewhere)
+        settings = {"validation": cfg.validation, "subset": cfg.subset, "subset_seed": cfg.seed, "skipped": skipped,
                     "budget": json.loads(budget.read_text()) if budget.exists() else None}
-        evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings)
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "eval.json").write_text(json.dumps(evaluation, indent=1) + "\n")
-        (args.out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-        return metrics.get("final") or metrics.get("tic", {})
+        evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings,
+                                        groups)
+        found["evaluation"], found["metrics"] = evaluation | {"seed": seed_index}, metrics
+        return metrics.get("final") or metrics.get("tic", {})  # the run's result in Omniboard
 
     run_tracked("evaluate", config, work)
+    return found["evaluation"], found["metrics"]
 
 
 if __name__ == "__main__":

@@ -1,12 +1,13 @@
-"""Stage `report`: compare all experiments: trajectory plot, final-GM bar chart, a heatmap of each evaluation
-matrix, their data for DVC plots, and a markdown summary."""
+"""Stage `report`: compare all experiments, each averaged over its seeds: trajectory plot, final-GM bar chart, a
+heatmap of each evaluation matrix, their data for DVC plots, and a markdown summary with the Findings."""
 
 import argparse
 import json
 from pathlib import Path
 
 from clipflux.config import load_params
-from clipflux.report import final_rows, markdown_summary, plot_final_gm, plot_heatmap, plot_trajectories, trajectory_rows
+from clipflux.report import (aggregate_seeds, final_rows, load_evaluations, markdown_summary, plot_final_gm,
+                             plot_heatmap, plot_trajectories, trajectory_rows)
 
 
 def main() -> None:
@@ -15,7 +16,7 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path, help="report folder")
     args = parser.parse_args()
     names = list(load_params().experiments)
-    evaluations = [json.loads((args.experiments / n / "eval.json").read_text()) for n in names]
+    evaluations = [aggregate_seeds(load_evaluations(args.experiments / n / "eval.json")) for n in names]
     heatmaps = args.out / "heatmaps"
     heatmaps.mkdir(parents=True, exist_ok=True)
     for stale in heatmaps.glob("*.png"):  # experiments removed from params.yaml

@@ -19,7 +19,7 @@ from clipflux.config import load_params
 from clipflux.data.loader import index_items, stream_tasks
 from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
-from clipflux.models import architecture, create_model, load_weights, save_weights, state_sha256
+from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
@@ -31,16 +31,32 @@ def main() -> None:
     parser.add_argument("--shards", required=True, type=Path, help="shards folder")
     parser.add_argument("--stream", required=True, type=Path, help="resolved stream (from build_stream)")
     parser.add_argument("--base", required=True, type=Path, help="base model weights")
-    parser.add_argument("--out", required=True, type=Path, help="folder for the evaluated weights after each task")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="folder for the evaluated weights after each task, one seed_<s> folder per seed")
     parser.add_argument("--checkpoints", required=True, type=Path, help="full-state checkpoints (persisted)")
     parser.add_argument("--start-over", action="store_true", default=start_over_requested(),
                         help="discard checkpoints instead of resuming (also: CLIPFLUX_START_OVER=1)")
     args = parser.parse_args()
     params = load_params()
-    exp, cfg = params.experiments[args.experiment], params.train
+    configure_torch(params.train.threads)
+    placement = distributed.start(params.train.device)
+    if placement.primary:  # seeds removed from study.seeds leave no stale weights behind
+        for stale in sorted(args.out.glob("seed_*")) if args.out.exists() else []:
+            if int(stale.name.removeprefix("seed_")) >= params.study.seeds:
+                shutil.rmtree(stale)
+    for seed_index in range(params.study.seeds):
+        train_seed(args, params, seed_index, placement)
+    distributed.stop(placement)
+
+
+def train_seed(args, params, seed_index: int, placement) -> None:
+    """Train one seed of the experiment into `--out/seed_<s>`, resuming from `--checkpoints/seed_<s>`."""
+    exp, cfg = params.experiments[args.experiment], params.train_for(args.experiment)  # with its optim overrides
+    seed = cfg.seed + seed_index
     method = build_method(exp.method, params.methods.get(exp.method))
-    configure_torch(cfg.threads)
-    placement = distributed.start(cfg.device)
+    if hasattr(method.params, "seed"):  # the method's own draws (adapter initialisation, ...) vary with the seed
+        method.params = dataclasses.replace(method.params, seed=method.params.seed + seed_index)
+    out, ckpts = args.out / f"seed_{seed_index}", args.checkpoints / f"seed_{seed_index}"
     stream = json.loads(args.stream.read_text())
 
     # Data: one reader per adaptation dataset in the stream, plus the pretraining pool (data.pool).
@@ -50,14 +66,23 @@ def main() -> None:
         readers.append(open_dataset(args.shards, params.data.pool, "train"))
         pool = index_items(len(readers) - 1, readers[-1])
 
-    budget = plan(params, exp.method)  # steps per task from the compute budget (deterministic: no timing)
+    # Steps per task from the compute budget (deterministic: no timing), for the stream's per-task samples.
+    stream_cfg = params.streams[exp.stream]
+    budget = plan(dataclasses.replace(
+        params, train=dataclasses.replace(cfg, samples_per_task=stream_cfg.samples_per_task or cfg.samples_per_task),
+        budget=dataclasses.replace(params.budget, measure=stream_cfg.measure or params.budget.measure)), exp.method)
     steps = budget["steps_per_task"]
-    print(f"train {args.experiment}: {exp.method} trains {steps} steps per task (budget: {params.budget.measure})")
+    budget |= {"steps_by_task": [method.steps_for_task(t, steps) for t in range(len(tasks))], "init": exp.init}
+    print(f"train {args.experiment} (seed {seed_index}): {exp.method} trains {steps} steps per task "
+          f"(budget: {params.budget.measure}; from the {'base model' if exp.init == 'base' else 'a random init'})")
     config = {
         "experiment": args.experiment,
+        "seed_index": seed_index,
+        "seed": seed,
         "method": exp.method,
         "method_params": dataclasses.asdict(method.params),
         "stream": exp.stream,
+        "init": exp.init,
         "mixture": dataclasses.asdict(exp.mixture),
         "buffer": dataclasses.asdict(exp.buffer),
         "train": dataclasses.asdict(cfg),
@@ -68,35 +93,42 @@ def main() -> None:
         "num_tasks": len(tasks),
         "world_size": placement.world_size,
     }
-    loop = Loop(cfg.seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers,
-                exp.buffer, precision=cfg.precision, compile=cfg.compile, pin_memory=cfg.pin_memory)
-    model, tokenizer = create_model(params.model)
-    load_weights(model, args.base)
-    kept = args.checkpoints / "eval"  # persisted with the checkpoints, so a resumed run still has every task
-    finished = (checkpoint.newest_task(args.checkpoints) or 0) >= len(tasks)
+    loop = Loop(seed, steps, cfg.optim, exp.mixture, cfg.checkpoint_every, cfg.keep_checkpoints, cfg.workers,
+                exp.buffer, precision=cfg.precision, compile=cfg.compile, pin_memory=cfg.pin_memory,
+                augment=cfg.augment)
+    if exp.init == "scratch":  # TiC: a random initialisation, the same on every rank and every resume
+        model, tokenizer = initial_model(params.model, seed)
+    else:
+        model, tokenizer = create_model(params.model)
+        load_weights(model, args.base)
+    kept = ckpts / "eval"  # persisted with the checkpoints, so a resumed run still has every task
+    finished = (checkpoint.newest_task(ckpts) or 0) >= len(tasks)
     # A finished run's task weights live in --out only: rerunning it starts over.
     if placement.primary and (args.start_over or (finished and not kept.exists())):
-        clear(args.checkpoints)
+        clear(ckpts)
+    if placement.primary and exp.init == "scratch":  # the evaluation matrix's first row: the initial weights
+        save_weights(model, kept / "task_000.pt")
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
-        trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, args.checkpoints, run.log_scalar,
+        trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, ckpts, run.log_scalar,
                           config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
                           flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
         continue_run(run, trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         if placement.primary:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "budget.json").write_text(json.dumps(budget, indent=1) + "\n")
-            for t in range(len(tasks)):
-                shutil.copyfile(kept / f"task_{t + 1:03d}.pt", args.out / f"task_{t + 1:03d}.pt")
+            if out.exists():
+                shutil.rmtree(out)
+            out.mkdir(parents=True)
+            (out / "budget.json").write_text(json.dumps(budget, indent=1) + "\n")
+            for t in range(0 if exp.init == "scratch" else 1, len(tasks) + 1):
+                shutil.copyfile(kept / f"task_{t:03d}.pt", out / f"task_{t:03d}.pt")
             # Finished: the checkpoints folder (cached by DVC) keeps only the final state, not copies of --out.
             shutil.rmtree(kept)
-            checkpoint.prune(args.checkpoints, keep=1)
+            checkpoint.prune(ckpts, keep=1)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
     run_tracked("train", config, work, primary=placement.primary)
-    distributed.stop(placement)
 
 
 if __name__ == "__main__":

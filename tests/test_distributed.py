@@ -123,7 +123,9 @@ def _runs(root: Path) -> list[dict]:
 
 
 def _weights(folder: Path) -> list[str]:
-    return [state_sha256(torch.load(p, weights_only=True)) for p in sorted(folder.glob("task_*.pt"))]
+    found = sorted(folder.glob("seed_0/task_*.pt"))
+    assert found, f"no task weights in {folder}/seed_0"
+    return [state_sha256(torch.load(p, weights_only=True)) for p in found]
 
 
 @pytest.mark.parametrize("fault", ["step@5", "checkpoint-write@3"])

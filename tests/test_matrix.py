@@ -60,3 +60,17 @@ def test_time_matrix_orders_steps_numerically_and_skips_tic_when_not_square():
     assert time_matrices(rows)["novel"]["steps"] == ["2", "9", "10"]
     _, metrics = summarize("ft", "finetune", DATASETS, rows)  # 2 tasks but 3 time steps: E is not square
     assert "tic" not in metrics
+
+
+def test_tasks_spanning_several_time_steps_give_a_square_matrix_of_their_windows():
+    """A TiC stream with two years per task: E's columns are the tasks' windows, each the mean of its years."""
+    from clipflux.matrix import time_matrices
+
+    def row(scores):
+        return {"time": {"tic_cls": {str(s): v for s, v in enumerate(scores)}}}
+
+    rows = [row([10, 20, 30, 40]), row([50, 30, 20, 10]), row([40, 40, 60, 80])]
+    times = time_matrices(rows, [["0", "1"], ["2", "3"]])["tic_cls"]
+    assert times["steps"] == ["0+1", "2+3"]
+    assert times["base"] == [15, 35] and times["matrix"] == [[40, 15], [40, 70]]
+    assert len(time_matrices(rows)["tic_cls"]["matrix"][0]) == 4  # one column per step without groups

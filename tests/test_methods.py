@@ -167,22 +167,7 @@ def test_every_method_trains_a_resnet_image_tower(name, tiny_shards, tmp_path):
     assert set(trainer.method.eval_model().state_dict()) == set(_model("clipflux-tiny-rn")[0].state_dict())
 
 
-def test_lnfit_trains_the_batchnorm_layers_of_a_resnet_tower():
-    model, _ = _model("clipflux-tiny-rn")
-    build_method("lnfit", PARAMS["lnfit"]).setup(model)
-    trained = {n for n, p in model.named_parameters() if p.requires_grad}
-    norms = {f"{m}.{p}" for m, module in model.named_modules()
-             if isinstance(module, (torch.nn.BatchNorm2d, torch.nn.LayerNorm)) for p in ("weight", "bias")}
-    assert trained == norms and "visual.layer1.0.downsample.1.weight" in trained and "ln_final.bias" in trained
-
-
-@pytest.mark.parametrize("kv_only", [False, True])
-def test_lora_adapts_the_attention_pool_of_a_resnet_tower(kv_only):
-    model, _ = _model("clipflux-tiny-rn")
-    build_method("lora", dict(PARAMS["lora"], towers=["image"], kv_only=kv_only)).setup(model)
-    adapted = {n.split(".parametrizations.")[0] for n, p in model.named_parameters() if p.requires_grad}
-    names = ("k_proj", "v_proj") if kv_only else ("q_proj", "k_proj", "v_proj", "c_proj")
-    assert adapted == {f"visual.attnpool.{n}" for n in names}
+# Where LoRA, DoRA, VeRA and LNFit act on a ResNet tower (and on transformer blocks): tests/test_placement.py
 
 
 # -- adapters ------------------------------------------------------------------------------------------
@@ -236,9 +221,17 @@ def test_kv_only_adapts_keys_and_values_of_the_chosen_blocks_only():
     _perturb_trainable(model)
     merged = merged_state_dict(model)
     width = 128
-    changed = {k for k in merged if not torch.equal(merged[k], base.get(k, base.get(k.replace(
-        "in_proj_weight", "parametrizations.in_proj_weight.original"), merged[k])))}
-    assert changed == {f"visual.transformer.resblocks.{i}.attn.in_proj_weight" for i in (1, 3)}
+
+    def unadapted(key: str) -> torch.Tensor:  # the value of a merged weight before the adapters
+        if key in base:
+            return base[key]
+        module, attr = key.rsplit(".", 1)
+        return base[f"{module}.parametrizations.{attr}.original"]
+
+    changed = {k for k in merged if not torch.equal(merged[k], unadapted(k))}
+    # k and v of the packed in_proj, and the MLP's c_proj, which FiF's kv_only leaves adapted
+    assert changed == {f"visual.transformer.resblocks.{i}.{w}" for i in (1, 3)
+                       for w in ("attn.in_proj_weight", "mlp.c_proj.weight")}
     for i in (1, 3):
         w = merged[f"visual.transformer.resblocks.{i}.attn.in_proj_weight"]
         original = base[f"visual.transformer.resblocks.{i}.attn.parametrizations.in_proj_weight.original"]
@@ -247,7 +240,9 @@ def test_kv_only_adapts_keys_and_values_of_the_chosen_blocks_only():
         assert not torch.equal(w[2 * width:], original[2 * width:])
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
         f"visual.transformer.resblocks.{i}.attn.parametrizations.in_proj_weight.0.adapters.{j}.{ab}"
-        for i in (1, 3) for j in (0, 1) for ab in ("lora_A", "lora_B")}
+        for i in (1, 3) for j in (0, 1) for ab in ("lora_A", "lora_B")} | {
+        f"visual.transformer.resblocks.{i}.mlp.c_proj.parametrizations.weight.0.adapters.0.{ab}"
+        for i in (1, 3) for ab in ("lora_A", "lora_B")}
 
 
 def test_adapter_blocks_out_of_range_are_refused():

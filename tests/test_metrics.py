@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipflux.metrics import fif_scores, forgetting, forgetting_per_dataset, headline, tic_scores
+from clipflux.metrics import (aggregate_metrics, fif_scores, forgetting, forgetting_per_dataset, headline,
+                              sample_std, seed_mean, seed_std, tic_scores)
 
 score = st.floats(0, 100, allow_nan=False)
 
@@ -107,3 +109,65 @@ def test_tic_scores_stay_in_range(matrix_and_base):
             assert -100 - 1e-9 <= out[key] <= 100 + 1e-9
     history = [row[0] for row in matrix]
     assert -100 <= forgetting(history) <= 100
+
+
+# -- several seeds -------------------------------------------------------------------------------------
+
+def _metrics(ka: float, zs: float, forget: float, in_domain: float) -> dict:
+    """A metrics.json as `summarize` writes it, FiF and TiC sections both (rounded to 4 decimals)."""
+    gm = round(math.sqrt(ka * zs), 4)
+    return {"task_00": {"A_KA": 19.0, "A_ZS": 60.0, "GM": 33.7639},
+            "task_01": {"A_KA": ka, "A_ZS": zs, "GM": gm},
+            "final": {"A_KA": ka, "A_ZS": zs, "GM": gm},
+            "forgetting": {"mean_adaptation": -1.0, "mean_evaluation": forget, "shapes": 2 * forget},
+            "tic": {"tic_cls": {"in_domain": in_domain, "backward": 40.0}}}
+
+
+def test_one_seed_is_the_identity_down_to_the_bytes():
+    one = _metrics(40.1865, 49.7583, 15.1111, 61.8638)
+    assert json.dumps(aggregate_metrics([one]), indent=1) == json.dumps(one, indent=1)
+
+
+def test_three_seeds_mean_and_sample_std_next_to_each_final_number():
+    out = aggregate_metrics([_metrics(30.0, 50.0, 1.0, 60.0), _metrics(40.0, 50.0, 2.0, 62.0),
+                             _metrics(50.0, 50.0, 6.0, 70.0)])
+    assert list(out) == ["task_00", "task_01", "final", "forgetting", "tic", "seeds"] and out["seeds"] == 3
+    assert list(out["final"]) == ["A_KA", "A_KA_std", "A_ZS", "A_ZS_std", "GM", "GM_std"]
+    assert out["final"]["A_KA"] == 40.0 and out["final"]["A_KA_std"] == 10.0  # sqrt((100 + 0 + 100) / 2)
+    assert out["final"]["A_ZS"] == 50.0 and out["final"]["A_ZS_std"] == 0.0
+    assert out["task_00"] == {"A_KA": 19.0, "A_ZS": 60.0, "GM": 33.7639}  # no std per task: the file stays small
+    assert "A_KA_std" not in out["task_01"] and out["task_01"]["A_KA"] == 40.0
+    assert out["forgetting"] == {"mean_adaptation": -1.0, "mean_adaptation_std": 0.0, "mean_evaluation": 3.0,
+                                 "mean_evaluation_std": round(math.sqrt(7.0), 4), "shapes": 6.0}
+    assert out["tic"]["tic_cls"] == {"in_domain": 64.0, "in_domain_std": round(math.sqrt(28.0), 4),
+                                     "backward": 40.0, "backward_std": 0.0}
+
+
+def test_seed_trees_keep_what_all_seeds_share():
+    trees = [{"after_task": 2, "name": "a", "subset": True, "m": [[1.0, 2.0]], "only": 5.0},
+             {"after_task": 2, "name": "a", "subset": True, "m": [[3.0, 2.0]]}]
+    mean, std = seed_mean(trees), seed_std(trees)
+    assert mean == {"after_task": 2, "name": "a", "subset": True, "m": [[2.0, 2.0]], "only": 5.0}
+    assert isinstance(mean["after_task"], int)
+    assert std == {"after_task": 0.0, "m": [[math.sqrt(2.0), 0.0]]}  # names, flags and a one-seed key: no spread
+    with pytest.raises(ValueError, match="length"):
+        seed_mean([{"m": [1.0]}, {"m": [1.0, 2.0]}])
+    with pytest.raises(ValueError, match="two"):
+        sample_std([1.0])
+
+
+@given(st.lists(st.tuples(score, score, score, score), min_size=1, max_size=5))
+def test_aggregate_mean_within_the_seeds_std_non_negative(seeds):
+    per_seed = [_metrics(*(round(v, 4) for v in s)) for s in seeds]
+    out = aggregate_metrics(per_seed)
+    if len(per_seed) == 1:
+        assert out == per_seed[0]
+        return
+    assert out["seeds"] == len(per_seed)
+    for section, key in (("final", "A_KA"), ("final", "GM"), ("forgetting", "mean_evaluation")):
+        values = [m[section][key] for m in per_seed]
+        assert min(values) - 1e-4 <= out[section][key] <= max(values) + 1e-4
+        assert out[section][f"{key}_std"] >= 0
+        assert out[section][f"{key}_std"] <= (max(values) - min(values)) + 1e-4  # never wider than the range
+    values = [m["tic"]["tic_cls"]["in_domain"] for m in per_seed]
+    assert min(values) - 1e-4 <= out["tic"]["tic_cls"]["in_domain"] <= max(values) + 1e-4

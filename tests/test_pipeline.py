@@ -19,7 +19,7 @@ TINY = {
     "world": {"scale": 0.1, "shard_size": 256},
     "pretrain": {"samples": 1024, "checkpoint_every": 8, "optim": {"batch_size": 64}},
     "train": {"samples_per_task": 128, "checkpoint_every": 2, "optim": {"batch_size": 32}},
-    "streams": {"fif_random": {"num_tasks": 2}},
+    "streams": {"fif_random": {"num_tasks": 2}, "tic": {"samples_per_task": 128}},
 }
 EXPERIMENTS = ("finetune", "tic_sequential")  # one FiF and one TiC experiment; tests/test_methods.py covers every method
 
@@ -124,3 +124,36 @@ def test_a_queued_grid_runs_in_parallel(clone):
     learning_rates = {exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["optim"]["lr"]
                       for exp in experiments}
     assert learning_rates == {0.001, 0.003}
+
+
+@pytest.mark.e2e
+def test_tic_runs_from_a_random_initialisation_and_seeds_repeat_an_experiment(clone):
+    """TiC's regimes start from a fresh initialisation (the first row of their matrix), not the base model; and
+    `study.seeds: 2` trains and evaluates a second seed whose metrics come as mean and spread."""
+    import torch
+
+    from clipflux.config import load_params
+    from clipflux.models import initial_model
+
+    _run(["dvc", "repro", "evaluate@tic_sequential"], clone)  # nothing to do after the first test
+    params = load_params(clone / "params.yaml")
+    start = torch.load(clone / "models/tic_sequential/seed_0/task_000.pt", weights_only=True)
+    fresh = initial_model(params.model, params.train.seed)[0].state_dict()
+    assert start.keys() == fresh.keys() and all(torch.equal(start[k], fresh[k]) for k in start)
+    rows = json.loads((clone / "reports/experiments/tic_sequential/eval.json").read_text())["rows"]
+    assert "tic" not in json.loads((clone / "reports/base/base.json").read_text())  # only FiF runs use the base
+    assert rows[0]["metrics"]["tic_cls"]["acc"] < 30  # a random initialisation, near chance (1 in 12)
+
+    raw = yaml.safe_load((clone / "params.yaml").read_text())
+    raw["study"]["seeds"] = 2
+    (clone / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    out = _run(["dvc", "repro", "evaluate@finetune"], clone)
+    assert "Running stage 'train@finetune'" in out and "Running stage 'pretrain'" not in out
+    weights = [torch.load(clone / f"models/finetune/seed_{s}/task_002.pt", weights_only=True) for s in (0, 1)]
+    assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    evaluation = json.loads((clone / "reports/experiments/finetune/eval.json").read_text())
+    assert [e["seed"] for e in evaluation["seeds"]] == [0, 1]
+    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
+    assert metrics["seeds"] == 2 and metrics["final"]["GM_std"] >= 0
+    finals = [e["rows"][-1]["GM"] for e in evaluation["seeds"]]
+    assert metrics["final"]["GM"] == pytest.approx(sum(finals) / 2, abs=1e-3)

@@ -25,9 +25,17 @@ def test_mixture_sums_to_the_batch(batch, mixture, buffer_size, pool_size):
 
 
 def test_fif_default_mixture_and_first_task():
+    """FiF's numbers (main.py `calculate_individual_batch_sizes`, utils/training.py's first task) at 512 and 64."""
     fif = MixtureConfig(update=0.34, buffer=0.33, pretraining=0.33)
-    assert split_batch(512, fif, 10, 10) == {"update": 174, "buffer": 169, "pretraining": 169}
-    assert split_batch(512, fif, 0, 10) == {"update": 343, "buffer": 0, "pretraining": 169}
+    # floor(512 x share) = 168 / 174 / 168, the 2 left over to pretraining then update
+    assert split_batch(512, fif, 10, 10) == {"update": 175, "buffer": 168, "pretraining": 169}
+    # first task: the empty buffer's 168 split between update (84) and pretraining (84)
+    assert split_batch(512, fif, 0, 10) == {"update": 259, "buffer": 0, "pretraining": 253}
+    assert split_batch(64, fif, 10, 10) == {"update": 21, "buffer": 21, "pretraining": 22}
+    assert split_batch(64, fif, 0, 10) == {"update": 32, "buffer": 0, "pretraining": 32}
+    # no pretraining pool: its share and the empty buffer's go to update data
+    assert split_batch(64, fif, 0, 0) == {"update": 64, "buffer": 0, "pretraining": 0}
+    assert split_batch(64, MixtureConfig(update=1.0, buffer=0.0, pretraining=0.0), 10, 10)["update"] == 64
 
 
 @given(st.integers(1, 50), st.integers(1, 20), st.integers(0, 5), st.integers(0, 2**16))

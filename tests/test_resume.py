@@ -97,7 +97,9 @@ def _series(metrics: dict, below: int | None = None) -> dict[tuple[str, int], fl
 
 
 def _weights(folder: Path) -> list[str]:
-    return [state_sha256(torch.load(p, weights_only=True)) for p in sorted(folder.glob("task_*.pt"))]
+    found = sorted(folder.glob("seed_0/task_*.pt"))
+    assert found, f"no task weights in {folder}/seed_0"
+    return [state_sha256(torch.load(p, weights_only=True)) for p in found]
 
 
 _references: dict[str, tuple[list[str], dict]] = {}

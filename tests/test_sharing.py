@@ -145,6 +145,6 @@ def test_study_on_imported_data_is_shared_through_dvc_remotes(study, tmp_path):
             assert "Data and pipelines are up to date." in status, status
             again = _run(["dvc", "repro"], clone, s3_env)
             assert "Running stage" not in again, again
-            assert (clone / "checkpoints/finetune").is_dir() and (clone / "models/finetune/task_002.pt").is_file()
+            assert (clone / "checkpoints/finetune").is_dir() and (clone / "models/finetune/seed_0/task_002.pt").is_file()
     finally:
         moto.stop()

@@ -14,20 +14,24 @@ from clipflux.models import create_model, state_sha256
 from clipflux.train import Loop, Trainer, lr_at
 
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=2, clip_grad_norm=1.0, batch_size=8)
+# FiF's schedule and weight decay with TiC's AdamW, no clipping and no warmup after the first task.
+FIF_TIC = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, clip_grad_norm=0.0, batch_size=8, warmup_share=0.4,
+                      warmup_after_first=0.0, min_lr_share=0.001, weight_decay_on="all", beta2=0.98, eps=1e-6)
 
 
 class Interrupt(Exception):
     pass
 
 
-def _trainer(shards, ckpt_dir, log, mixture=MixtureConfig(0.5, 0.25, 0.25), workers=0, precision="fp32"):
+def _trainer(shards, ckpt_dir, log, mixture=MixtureConfig(0.5, 0.25, 0.25), workers=0, precision="fp32",
+             optim=OPTIM, augment="none"):
     readers = [ShardReader(shards / "novel_shapes", "train"), ShardReader(shards / "pool", "train")]
     items = index_items(0, readers[0])
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
-    loop = Loop(seed=3, steps_per_task=5, optim=OPTIM, mixture=mixture, checkpoint_every=2, workers=workers,
-                precision=precision)
+    loop = Loop(seed=3, steps_per_task=5, optim=optim, mixture=mixture, checkpoint_every=2, workers=workers,
+                precision=precision, augment=augment)
     return Trainer(model, build_method("finetune", None), tokenizer, readers, tasks, index_items(1, readers[1]),
                    loop, ckpt_dir, log, fingerprint={"seed": 3})
 
@@ -43,12 +47,16 @@ def test_training_lowers_the_loss_and_logs_every_step(tiny_shards, tmp_path):
     assert state_sha256(trainer.model.state_dict()) != before
 
 
-@pytest.mark.parametrize(("kill_at", "precision"), [(1, "fp32"), (3, "fp32"), (5, "fp32"), (8, "fp32"), (5, "bf16")])
-def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision):
-    """Interrupting after `kill_at` steps and rerunning gives the uninterrupted run's weights and losses."""
+@pytest.mark.parametrize(("kill_at", "precision", "options"),
+                         [(1, "fp32", {}), (3, "fp32", {}), (5, "fp32", {}), (8, "fp32", {}), (5, "bf16", {}),
+                          (3, "fp32", {"optim": FIF_TIC, "augment": "random_resized_crop"}),
+                          (7, "fp32", {"optim": FIF_TIC, "augment": "random_resized_crop"})])
+def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision, options):
+    """Interrupting after `kill_at` steps and rerunning gives the uninterrupted run's weights and losses (also
+    with a schedule that differs between tasks, and with FiF's training augmentation)."""
     reference_log = []
     reference = _trainer(tiny_shards, tmp_path / "ref", lambda k, v, s: reference_log.append((k, v, s)),
-                         precision=precision)
+                         precision=precision, **options)
     reference.fit()
 
     seen = []
@@ -59,10 +67,10 @@ def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        _trainer(tiny_shards, tmp_path / "run", log_then_die, precision=precision).fit()
+        _trainer(tiny_shards, tmp_path / "run", log_then_die, precision=precision, **options).fit()
     resumed_log = []
     resumed = _trainer(tiny_shards, tmp_path / "run", lambda k, v, s: resumed_log.append((k, v, s)),
-                       precision=precision)
+                       precision=precision, **options)
     resumed.fit()
     assert state_sha256(resumed.model.state_dict()) == state_sha256(reference.model.state_dict())
     merged = {(k, s): v for k, v, s in seen + resumed_log}
@@ -90,3 +98,25 @@ def test_lr_schedule_warms_up_then_decays():
     lrs = [lr_at(s, 10, OPTIM) for s in range(10)]
     assert lrs[0] == pytest.approx(OPTIM.lr / 2) and lrs[1] == pytest.approx(OPTIM.lr)
     assert all(x >= y for x, y in zip(lrs[1:], lrs[2:]))
+
+
+def test_each_task_follows_its_own_schedule(tiny_shards, tmp_path):
+    """The logged learning rate is `lr_at(step, steps, optim, task)`: task 1 starts at the peak (no warmup after
+    the first task), task 0 warms up over ceil(0.4 x 5) = 2 steps, and both end above FiF's floor."""
+    logged = {}
+    _trainer(tiny_shards, tmp_path, lambda k, v, s: logged.update({s: v}) if k == "train/lr" else None,
+             optim=FIF_TIC).fit()
+    expected = [lr_at(s, 5, FIF_TIC, task) for task in range(2) for s in range(5)]
+    assert [logged[s] for s in range(10)] == expected
+    assert expected[0] == FIF_TIC.lr / 2 and expected[5] == FIF_TIC.lr
+    assert min(expected[2:]) > FIF_TIC.lr * FIF_TIC.min_lr_share
+
+
+def test_augmentation_changes_training(tiny_shards, tmp_path):
+    losses = {}
+    for augment in ("none", "random_resized_crop"):
+        log = []
+        _trainer(tiny_shards, tmp_path / augment, lambda k, v, s: log.append(v) if k == "train/loss" else None,
+                 augment=augment).fit()
+        losses[augment] = log
+    assert losses["none"] != losses["random_resized_crop"] and all(np.isfinite(losses["random_resized_crop"]))

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
+from clipflux.config import load_params
+from clipflux.data.pipeline import _counts
 from clipflux.data.world import build_world, generate
+from clipflux.matrix import dataset_info
+from clipflux.streams import SEPARATOR, load_stream_file
 
+REPO = Path(__file__).resolve().parents[1]
 WORLD = build_world()
 CLASSIFICATION = [s for s in WORLD.values() if s.task == "classification"]
 
@@ -111,3 +117,24 @@ def test_dynamic_evaluation_draws_concepts_only_where_they_live():
         assert r["meta"]["concept"] == r["classname"] in tic.concepts(r["meta"]["time_step"])
     _, records = generate(WORLD["tic_ret"], "test", 60, 32, 0)
     assert {r["meta"]["time_step"] for r in records} == set(range(len(tic.STEPS)))
+
+
+def test_every_evaluation_only_dataset_has_a_chance_level_that_twice_cannot_saturate():
+    """A_ZS measures retention only if the base model can score each eval-only set well above chance (README:
+    at least twice chance, measured on the trained base); that needs a chance level below 50 %."""
+    world = load_params(REPO / "params.yaml").world  # the shipped counts
+    evaluation = [s for s in WORLD.values() if s.role == "evaluation"]
+    assert len(evaluation) >= 6
+    for spec in evaluation:
+        size = _counts(world, spec, "test") * max(1, len(spec.classes))
+        chance = dataset_info(spec.card(), "test", size, size)["chance"]
+        assert 0 < 2 * chance < 100, (spec.name, chance)
+
+
+def test_stream_files_hold_every_adaptation_class_once_and_no_evaluation_only_class():
+    adaptation = {f"{s.name}{SEPARATOR}{c}" for s in WORLD.values() if s.role == "adaptation" for c in s.classes}
+    evaluation = {s.name for s in WORLD.values() if s.role == "evaluation"}
+    entries = load_stream_file(REPO / "streams" / "fif_random.json")
+    assert len(entries) == len(set(entries)) and set(entries) == adaptation
+    for path in (REPO / "streams").glob("*.json"):
+        assert not {e.split(SEPARATOR)[0] for e in load_stream_file(path)} & evaluation, path.name

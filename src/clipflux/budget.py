@@ -7,18 +7,28 @@ A method is profiled for a model and a batch size on synthetic data (`profile`),
 one `begin_task`/`end_task`), so that the state it keeps from earlier tasks exists and its loss has all its
 terms:
 
-- FLOPs: the multiply-adds of one training step as `clipflux.flops` counts them (fvcore: the forward of both
-  towers and of the method's loss, a teacher's included; the backward where gradients flow), plus what the
-  method does outside its steps (`Method.extra_work`: EWC's Fisher estimate, merges, EMA updates), amortised
-  over the task. Steps are counted at batch sizes 1, 2 and 3 and extended exactly to the training batch size:
-  every count is a polynomial of degree at most 2 in it (the towers are linear, the loss's similarity matrix
-  quadratic, adapter products constant).
-- Memory: what a step holds at the end of its forward pass, where training memory peaks: every weight of the
-  model, a gradient and AdamW's two moments per trainable parameter, every tensor the method keeps (anchors,
-  Fisher, teacher, EMA or merged weights, copies), and the tensors autograd saves for the backward pass
-  (`torch.autograd.graph.saved_tensors_hooks`, once per storage, at batch sizes 1, 2 and 3, extended as
-  above). It depends on shapes only, so it is the same on every machine and so are the steps derived from
-  it. On a GPU, `cuda_peak_bytes` measures the allocator's peak over real steps instead (FiF's measure).
+- FLOPs in FiF's unit: 2 per multiply-add of matrix products, convolutions and attention, nothing else, as
+  `torch.utils.flop_counter.FlopCounterMode` counts them (FiF's `flops_computation.py`; open_clip's
+  `docs/model_profile.csv`: ViT-B/32 at 224 px is 8.82 GFLOPs per sample for the image tower, 5.96 for the
+  text tower). `clipflux.flops` counts one training step: the forward of both towers and of the method's
+  loss, a teacher's included, and the backward where gradients flow. Work a method does outside its steps
+  counts when it is of that kind: EWC's Fisher estimate, a forward and backward pass per batch
+  (`ExtraWork.gradient_batches_per_task`), charged to its task. Elementwise work is not counted, inside a
+  step (the optimizer's update, normalisations) or outside (merges, EMA and SI updates:
+  `ExtraWork.weight_passes_*`, recorded with the budget only), as FlopCounterMode around FiF's `end_task`
+  counts a merge as nothing: so merging methods train full finetuning's steps, as in FiF's Table 4.
+  Steps are counted at batch sizes 1, 2 and 3 and extended exactly to the training batch size: every count
+  is a polynomial of degree at most 2 in it (the towers are linear, the loss's similarity matrix quadratic,
+  adapter products constant).
+- Memory: what must sit on the accelerator during a step, at the end of its forward pass where training
+  memory peaks: every weight of the model, a gradient and AdamW's two moments per trainable parameter, every
+  tensor the method keeps and uses in its steps (EWC's Fisher and anchor, SI's importance, LwF's teacher, EMA
+  weights), and the tensors autograd saves for the backward pass (`torch.autograd.graph.saved_tensors_hooks`,
+  once per storage, at batch sizes 1, 2 and 3, extended as above). What a method keeps on the host between
+  steps (`Method.host_state`: the merge snapshots of `paint`, as FiF's `ema_paint` keeps them on the CPU; the
+  adapters' unadapted copy for evaluation) is not charged. It depends on shapes only, so it is the same on
+  every machine and so are the steps derived from it. On a GPU, `cuda_peak_bytes` measures the allocator's
+  peak over real steps instead (FiF's measure).
 
 Each method then gets the most steps per task whose cost fits the budget (`steps_within`): with memory
 adjustment, steps x FLOPs per step x memory multiplier <= the budget, i.e. steps_m = steps_ft x MAF_ft / MAF_m
@@ -45,6 +55,14 @@ from clipflux.methods.weights import copy_model
 from clipflux.models import create_model, image_size, is_batchnorm, register_configs
 
 PROBE_BATCHES = (1, 2, 3)
+# FiF's study (Table 4): full finetuning trains 28,400 steps of 512 samples over the stream, split into tasks:
+# 1420 / 568 / 284 / 142 steps per task for 20 / 50 / 100 / 200 tasks.
+FIF_STREAM_SAMPLES = 28_400 * 512
+
+
+def fif_finetune_steps(tasks: int, batch_size: int) -> int:
+    """Full finetuning's steps per task in FiF's study of `tasks` tasks at `batch_size` (its samples, rounded down)."""
+    return max(1, FIF_STREAM_SAMPLES // (tasks * batch_size))
 
 
 def at_batch(values: Sequence[int], batch: int) -> int:
@@ -61,10 +79,9 @@ class Profile:
     Attributes:
         method: its registered name.
         batch_size: the training batch size the counts are for.
-        flops: multiply-adds of one training step by "phase/part/operator" (`clipflux.flops.count_step`).
-        memory: bytes held at a step's peak, by part ("weights", "gradients", "optimizer", "method",
-            "activations"), or the allocator's "cuda_peak".
-        parameters: parameter entries of the model (one weight pass costs this many multiply-adds).
+        flops: FLOPs (FiF's unit) of one training step by "phase/part/operator" (`clipflux.flops.count_step`).
+        memory: bytes on the accelerator at a step's peak, by part ("weights", "gradients", "optimizer",
+            "method", "activations"), or the allocator's "cuda_peak".
         extra_work: the method's work besides its steps in a task of a given number of steps.
     """
 
@@ -72,24 +89,24 @@ class Profile:
     batch_size: int
     flops: dict[str, int]
     memory: dict[str, int]
-    parameters: int
     extra_work: Callable[[int], ExtraWork]
 
     @property
     def step_flops(self) -> int:
-        """Multiply-adds of one training step."""
+        """FLOPs of one training step."""
         return sum(self.flops.values())
 
     @property
     def memory_bytes(self) -> int:
-        """Bytes held at a step's peak."""
+        """Bytes on the accelerator at a step's peak."""
         return sum(self.memory.values())
 
     def task_flops(self, steps: int) -> int:
-        """Multiply-adds of a task of `steps` steps, the method's extra work included."""
-        extra = self.extra_work(steps)
-        passes = steps * extra.weight_passes_per_step + extra.weight_passes_per_task
-        return (steps + extra.gradient_batches_per_task) * self.step_flops + passes * self.parameters
+        """FLOPs of a task of `steps` steps, with the extra forward and backward passes (EWC's Fisher).
+
+        The extra work's elementwise passes over the weights are not counted (see the module docstring).
+        """
+        return (steps + self.extra_work(steps).gradient_batches_per_task) * self.step_flops
 
 
 # -- probing a method ---------------------------------------------------------------------------------
@@ -183,12 +200,19 @@ def _saved_bytes(step: _Step, batch: dict[str, torch.Tensor], known: set[int]) -
     return sum(size for address, size in held.items() if address not in known)
 
 
+def _device_state(method: Method) -> dict[str, Any]:
+    """The method's attributes that sit on the accelerator during a step: all but the model and `host_state`."""
+    missing = set(method.host_state) - vars(method).keys()
+    if missing:
+        raise AttributeError(f"{type(method).__name__}.host_state names no attribute: {sorted(missing)}")
+    return {k: v for k, v in vars(method).items() if v is not method.model and k not in method.host_state}
+
+
 def _memory(step: _Step, batches: list[dict[str, torch.Tensor]], batch_size: int) -> dict[str, int]:
-    """Bytes held at the end of a step's forward pass, by part (see the module docstring)."""
+    """Bytes on the accelerator at the end of a step's forward pass, by part (see the module docstring)."""
     model, method = step.model, step.method
     weights = _storages(_held(model))
-    kept = {k: v for k, v in _storages(_held({k: v for k, v in vars(method).items() if v is not model})).items()
-            if k not in weights}
+    kept = {k: v for k, v in _storages(_held(_device_state(method))).items() if k not in weights}
     gradients = sum(p.numel() * p.element_size() for p in method.trainable_parameters())
     saved = [_saved_bytes(step, batch, set(weights) | set(kept)) for batch in batches]
     return {"weights": sum(weights.values()), "gradients": gradients, "optimizer": 2 * gradients,
@@ -209,7 +233,6 @@ def profile(model: torch.nn.Module, name: str, raw_params: dict | None, batch_si
     counts = [count_step(step, (batch["images"], batch["texts"])) for batch in batches]
     flops = {key: at_batch([c[key] for c in counts], batch_size) for key in sorted(set().union(*counts))}
     return Profile(name, batch_size, flops, _memory(step, batches, batch_size),
-                   parameters=sum(p.numel() for p in model.parameters()),
                    extra_work=partial(build_method(name, raw_params).extra_work, batch_size=batch_size))
 
 
@@ -250,10 +273,10 @@ def fit_steps(cost: Callable[[int], int], limit: int) -> int:
 
 
 def steps_within(method: Profile, finetune: Profile, budget: int, measure: str) -> int:
-    """The most steps per task of `method` within `budget` multiply-adds per task.
+    """The most steps per task of `method` within `budget` FLOPs per task.
 
-    With measure "maf" the budget is at full finetuning's memory, and a method's multiply-adds count times
-    its memory multiplier (memory / full finetuning's memory); with "flops" they count as they are.
+    With measure "maf" the budget is at full finetuning's memory, and a method's FLOPs count times its memory
+    multiplier (memory / full finetuning's memory); with "flops" they count as they are.
     """
     if measure == "maf":
         return fit_steps(lambda s: method.task_flops(s) * method.memory_bytes, budget * finetune.memory_bytes)
@@ -313,9 +336,9 @@ def build_model(name: str, size: int | None = None) -> torch.nn.Module:
     return open_clip.create_model(name, pretrained=None, force_image_size=size)
 
 
-def compare(params: Params, methods: Sequence[str], model: torch.nn.Module, batch_size: int, finetune_steps: int,
-            cfg: BudgetConfig, cuda: bool = False) -> list[dict[str, Any]]:
-    """`allot` for each of `methods` (hyperparameters from params.yaml) against full finetuning on `model`.
+def profiles(params: Params, methods: Sequence[str], model: torch.nn.Module, batch_size: int,
+             cuda: bool = False) -> dict[str, Profile]:
+    """`profile` of full finetuning and of each of `methods` (hyperparameters from params.yaml) on `model`.
 
     With `cuda`, memory is the CUDA allocator's peak over real steps (`cuda_peak_bytes`) instead of the
     accounting; the train stage always uses the accounting, which is the same on every machine.
@@ -327,34 +350,45 @@ def compare(params: Params, methods: Sequence[str], model: torch.nn.Module, batc
         peak = cuda_peak_bytes(model, name, params.methods.get(name), batch_size)
         return dataclasses.replace(found, memory={"cuda_peak": peak})
 
-    finetune = measured("finetune")
-    return [allot(finetune if name == "finetune" else measured(name), finetune, cfg, finetune_steps)
-            for name in methods]
+    return {name: measured(name) for name in dict.fromkeys(["finetune", *methods])}
+
+
+def compare(params: Params, methods: Sequence[str], model: torch.nn.Module, batch_size: int, finetune_steps: int,
+            cfg: BudgetConfig, cuda: bool = False) -> list[dict[str, Any]]:
+    """`allot` for each of `methods` against full finetuning on `model` (see `profiles`)."""
+    found = profiles(params, methods, model, batch_size, cuda)
+    return [allot(found[name], found["finetune"], cfg, finetune_steps) for name in methods]
 
 
 def plan(params: Params, method: str) -> dict[str, Any]:
     """The steps per task of `method` under params.yaml's budget, and what they cost (see `allot`).
 
-    With `budget.measure: samples` and no `gflops_per_task`, every method takes the steps of
-    `train.samples_per_task` samples and nothing is profiled.
+    With `budget.measure: samples` every method takes the steps of `train.samples_per_task` samples (TiC's
+    budget); the method is profiled all the same, so that what it spends is recorded (the report's compute).
     """
     cfg, batch_size = params.budget, params.train.optim.batch_size
     finetune_steps = math.ceil(params.train.samples_per_task / batch_size)
-    if cfg.measure == "samples" and cfg.gflops_per_task is None:
-        return {"method": method, "measure": "samples", "steps_per_task": finetune_steps,
-                "samples_per_task": finetune_steps * batch_size}
     with torch.random.fork_rng(devices=[]):  # profiling leaves the random state of training as it was
         model = build_model(params.model.name)
         return compare(params, [method], model, batch_size, finetune_steps, cfg)[0]
 
 
-def table(rows: list[dict[str, Any]], tasks: int) -> str:
-    """FiF's Table 4 as markdown: per method GFLOPs, memory, MAF, steps per task and samples over `tasks` tasks."""
-    lines = ["| method | GFLOPs/sample (step) | GFLOPs/sample (all) | memory (MiB) | memory x | MAF/sample "
-             f"| steps/task | samples/task | samples ({tasks} tasks) |", "|---|" + "---:|" * 8]
-    for r in rows:
-        batch = r["samples_per_task"] // r["steps_per_task"]
-        lines.append(f"| {r['method']} | {r['gflops_per_step'] / batch:.3f} | {r['gflops_per_sample']:.3f} "
-                     f"| {r['memory_mib']:,.0f} | {r['memory_multiplier']:.3f} | {r['maf_per_sample']:.3f} "
-                     f"| {r['steps_per_task']:,} | {r['samples_per_task']:,} | {r['samples_per_task'] * tasks:,} |")
+def table(columns: dict[int | None, list[dict[str, Any]]]) -> str:
+    """FiF's Table 4 as markdown, from `allot`'s rows per number of tasks (None: no total over the stream).
+
+    Per method: GFLOPs per step (FiF's "Per-Task GFlops") and with the extra work amortised over the first
+    column's steps, memory and its multiplier, MAF per step (FiF's "Per-Task MAFs", with the extra work), steps
+    per task for each number of tasks, and the samples over the first stream.
+    """
+    (tasks, first), *_ = columns.items()
+    head = ["method", "GFLOPs/step", "with extra work", "memory (MiB)", "memory x", "MAF/step",
+            *(f"steps/task (T={t})" if t else "steps/task" for t in columns)]
+    head += [f"samples (T={tasks})"] if tasks else ["samples/task"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for i, r in enumerate(first):
+        extra = r["gflops_per_step"] * (1 + r["extra_work"]["gradient_batches_per_task"] / r["steps_per_task"])
+        steps = [f"{rows[i]['steps_per_task']:,}" for rows in columns.values()]
+        lines.append(f"| {r['method']} | {r['gflops_per_step']:,.6g} | {extra:,.6g} | {r['memory_mib']:,.0f} "
+                     f"| {r['memory_multiplier']:.4f} | {extra * r['memory_multiplier']:,.6g} | {' | '.join(steps)} "
+                     f"| {r['samples_per_task'] * (tasks or 1):,} |")
     return "\n".join(lines)

@@ -28,13 +28,17 @@ def main(argv: list[str] | None = None) -> None:
     budget.add_argument("--model", help="an architecture (default: params.yaml model.name)")
     budget.add_argument("--image-size", type=int, help="image side in pixels (default: the architecture's)")
     budget.add_argument("--batch-size", type=int, help="default: params.yaml train.optim.batch_size")
-    budget.add_argument("--tasks", type=int, default=20, help="tasks of the stream, for the total samples (FiF: 20)")
+    budget.add_argument("--tasks", type=int, nargs="+",
+                        help="tasks of FiF's stream (20 50 100 200: a column each); without --finetune-steps, full "
+                             "finetuning trains FiF's 28,400 steps of 512 samples split into them (1420 for 20)")
     budget.add_argument("--finetune-steps", type=int,
-                        help="full finetuning's steps per task (default: train.samples_per_task / batch size)")
-    budget.add_argument("--gflops-per-task", type=float, help="a budget in GFLOPs per task instead")
+                        help="full finetuning's steps per task (default: --tasks, else train.samples_per_task / batch)")
+    budget.add_argument("--gflops-per-task", type=float, help="a budget in GFLOPs per task instead (FiF's unit)")
     budget.add_argument("--measure", choices=["maf", "flops"], default="maf",
                         help="memory-adjusted FLOPs (FiF) or FLOPs alone")
     budget.add_argument("--methods", nargs="+", help="default: every method of params.yaml")
+    budget.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
+                        help="override a method's hyperparameter of params.yaml, e.g. ewc.max_fim_samples=50000")
     budget.add_argument("--cuda", action="store_true", help="memory: the CUDA allocator's peak over real steps")
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
@@ -60,25 +64,43 @@ def main(argv: list[str] | None = None) -> None:
 
 def print_budget(args: argparse.Namespace) -> None:
     """`clipflux budget`: profile the methods on the model and print the table (settings from params.yaml)."""
+    import dataclasses
     import math
 
+    import yaml
+
     from clipflux import budget
-    from clipflux.config import BudgetConfig, load_params
+    from clipflux.config import BudgetConfig, ConfigError, load_params
     from clipflux.models import image_size
 
     params = load_params()
+    methods = {name: dict(raw or {}) for name, raw in params.methods.items()}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        name, _, field = key.partition(".")
+        if not (field and value) or name not in methods:
+            raise ConfigError(f"--set {item}: expected METHOD.KEY=VALUE with a method of params.yaml")
+        methods[name][field] = yaml.safe_load(value)
+    params = dataclasses.replace(params, methods=methods)
     name = args.model or params.model.name
     batch_size = args.batch_size or params.train.optim.batch_size
-    finetune_steps = args.finetune_steps or math.ceil(params.train.samples_per_task / batch_size)
+    if args.finetune_steps and args.tasks and len(args.tasks) > 1:
+        raise ConfigError("--finetune-steps: give at most one --tasks with it")
+    tasks = args.tasks or [None]
+    steps = {t: args.finetune_steps or (budget.fif_finetune_steps(t, batch_size) if t else
+                                        math.ceil(params.train.samples_per_task / batch_size)) for t in tasks}
     cfg = BudgetConfig(measure=args.measure, gflops_per_task=args.gflops_per_task)
     model = budget.build_model(name, args.image_size)
-    rows = budget.compare(params, args.methods or list(params.methods), model, batch_size, finetune_steps, cfg,
-                          cuda=args.cuda)
+    names = args.methods or list(params.methods)
+    found = budget.profiles(params, names, model, batch_size, cuda=args.cuda)
+    columns = {t: [budget.allot(found[m], found["finetune"], cfg, steps[t]) for m in names] for t in tasks}
+    budgets = "; ".join(f"{rows[0]['budget_gflops_per_task']:,.0f} GFLOPs (full finetuning: "
+                        f"{rows[0]['finetune_steps_per_task']:,} steps{f', T={t}' if t else ''})"
+                        for t, rows in columns.items())
     memory = "CUDA allocator peak" if args.cuda else "accounted"
-    print(f"{name} at {image_size(model)} px, batch {batch_size}; budget per task: "
-          f"{rows[0]['budget_gflops_per_task']:,.0f} GFLOPs ({args.measure}, full finetuning: "
-          f"{rows[0]['finetune_steps_per_task']:,} steps); memory {memory}; GFLOPs count multiply-adds\n")
-    print(budget.table(rows, args.tasks))
+    print(f"{name} at {image_size(model)} px, batch {batch_size}; budget per task ({args.measure}): {budgets}; "
+          f"memory {memory}; GFLOPs as FiF counts them (2 per multiply-add)\n")
+    print(budget.table(columns))
 
 
 if __name__ == "__main__":

@@ -81,17 +81,55 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup then cosine decay, as FiF and open_clip train."""
+    """AdamW with linear warmup, then cosine decay to a floor, restarted every task (see `train.lr_at`).
+
+    The defaults of the optional fields are how clipflux pretrains its base model, open_clip's recipe: warmup in
+    steps, cosine to zero, no weight decay on biases, norms and the logit scale, torch's AdamW betas and eps.
+    FiF trains with `cosine_with_linear_warmup` (configs/experiment/continualfomo_default.yaml:84-87: warmup_perc
+    0.1, cosine_lr_mul 0.001; continual_lib/utils/base_continual_learner.py:315-342) and decays every parameter
+    (base_continual_learner.py:133-138, 259-275). TiC trains with open_clip's AdamW (params/*/*.yaml:4-5,28: beta1
+    0.9, beta2 0.98, eps 1e-6), no clipping (grad_clip_norm None, :37), cosine to zero (lr_cooldown_end 0.0, :58)
+    and no warmup on the warm-started steps (scripts/run_medium_basic_sequential.sh:46 and
+    run_medium_basic_cumulative.sh:50 pass `--warmup 0`; the released params/*-sequential/*.yaml:95 record
+    `warmup: 2000`, a fifth of the first step's 10000, which warmup_after_first can express as a share).
+
+    Attributes:
+        lr: the peak learning rate.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: linear warmup steps at the start of each task (when `warmup_share` is null).
+        clip_grad_norm: the gradients' global norm is clipped to this; 0 = no clipping.
+        batch_size: samples per optimizer step over all ranks (shared by every experiment: it fixes the budget).
+        warmup_share: warmup as a share of each task's steps, ceil(share x steps) (FiF's warmup_perc); null = use
+            `warmup_steps`.
+        warmup_after_first: the warmup share of every task after the first; null = the first task's warmup.
+        min_lr_share: the cosine's floor as a share of `lr` (FiF's cosine_lr_mul; 0 = decay to zero).
+        weight_decay_on: "matrices": parameters with 2 or more dimensions (open_clip); "all": every parameter (FiF).
+        beta1, beta2, eps: AdamW's moment decays and denominator term.
+    """
 
     lr: float
     weight_decay: float
     warmup_steps: int
     clip_grad_norm: float
     batch_size: int
+    warmup_share: float | None = None
+    warmup_after_first: float | None = None
+    min_lr_share: float = 0.0
+    weight_decay_on: Literal["matrices", "all"] = "matrices"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "lr", "batch_size")
+        _positive(self, path, "lr", "batch_size", "eps")
         _non_negative(self, path, "weight_decay", "warmup_steps", "clip_grad_norm")
+        for name in ("warmup_share", "warmup_after_first", "min_lr_share", "beta1", "beta2"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < 1:
+                raise ConfigError(f"{path}.{name}: must be in [0, 1), got {value!r}")
+        if self.warmup_share is not None and self.warmup_steps:
+            raise ConfigError(f"{path}.warmup_steps: {self.warmup_steps} and warmup_share {self.warmup_share} both "
+                              "set the warmup; set warmup_steps to 0 or warmup_share to null")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -162,6 +200,8 @@ class TrainConfig(RuntimeConfig):
     checkpoint_every: int
     keep_checkpoints: int
     optim: OptimConfig
+    # Training images: as stored ("none"), or FiF's RandomResizedCrop (see `data.loader.random_resized_crops`).
+    augment: Literal["none", "random_resized_crop"] = "none"
 
     def validate(self, path: str) -> None:
         _positive(self, path, "samples_per_task", "threads", "checkpoint_every", "keep_checkpoints")
@@ -190,13 +230,26 @@ class BudgetConfig:
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """A FiF-format stream file and the number of tasks it is chunked into."""
+    """A FiF-format stream file and the number of tasks it is chunked into.
+
+    Attributes:
+        file: the stream file (a JSON list of `dataset+++classname`, or of `dataset+++time step` for TiC).
+        num_tasks: tasks the list is chunked into (FiF's task.num).
+        samples_per_task: full finetuning's samples per task on this stream, the per-step budget C of a TiC
+            benchmark (TiC's tic_medium: 4096 x 4500); null = `train.samples_per_task`.
+        measure: how the budget is measured for experiments on this stream, overriding `budget.measure`
+            ("samples" for TiC, whose regimes all see C samples per step); null = `budget.measure`.
+    """
 
     file: str
     num_tasks: int
+    samples_per_task: int | None = None
+    measure: Literal["maf", "flops", "samples"] | None = None
 
     def validate(self, path: str) -> None:
         _positive(self, path, "num_tasks")
+        if self.samples_per_task is not None:
+            _positive(self, path, "samples_per_task")
         if not self.file.endswith(".json"):
             raise ConfigError(f"{path}.file: expected a streams/*.json file, got {self.file!r}")
 
@@ -222,6 +275,12 @@ class ExperimentConfig:
     stream: str
     mixture: MixtureConfig
     buffer: BufferConfig = BufferConfig()
+    # "base": adapt the base model (FiF); "scratch": a fresh random initialisation drawn from the run's seed, as
+    # TiC trains its first time step, and Oracle and Restart every step, from random initialisation.
+    init: Literal["base", "scratch"] = "base"
+    # OptimConfig keys applied over `train.optim` for this experiment (e.g. TiC's AdamW: beta2, eps, no clipping,
+    # warmup_after_first 0); see `Params.train_for`. The batch size stays shared (it fixes the budget).
+    optim: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -245,6 +304,22 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """The study as a whole.
+
+    Attributes:
+        seeds: every experiment's train and evaluate run over seeds 0..N-1 (added to `train.seed` and to the
+            method's own seed, if it has one); the report gives the mean and spread over them. The base model
+            is shared (FiF's seeds vary the continual run on one pretrained checkpoint).
+    """
+
+    seeds: int = 1
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "seeds")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of `params.yaml`."""
 
@@ -258,6 +333,7 @@ class Params:
     experiments: dict[str, ExperimentConfig]
     evaluate: EvaluateConfig
     data: DataConfig = DataConfig()
+    study: StudyConfig = StudyConfig()
 
     def validate(self, path: str) -> None:
         from clipflux.methods import REGISTRY, method_params
@@ -271,6 +347,28 @@ class Params:
             method_params(name, hyper)  # raises ConfigError naming the bad key
         if self.data.pool != "pool":  # the world's pool, or an imported dataset
             _choice("data.pool", self.data.pool, ["pool"] + sorted(self.data.external))
+        for name in self.experiments:
+            self.optim_for(name)  # raises ConfigError naming the bad override
+
+    def optim_for(self, experiment: str) -> OptimConfig:
+        """`train.optim` with the experiment's `optim` overrides applied, validated as `train.optim` is.
+
+        Raises:
+            ConfigError: an override names an unknown key (or the shared batch size) or has an invalid value.
+        """
+        where, overrides = f"experiments.{experiment}.optim", self.experiments[experiment].optim
+        if "batch_size" in overrides:
+            raise ConfigError(f"{where}.batch_size: the batch size is shared by every experiment (it fixes the "
+                              "compute budget); set train.optim.batch_size")
+        allowed = [name for name in _field_names(OptimConfig) if name != "batch_size"]
+        unknown = sorted(set(overrides) - set(allowed))
+        if unknown:
+            raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys here are {sorted(allowed)}")
+        return from_dict(OptimConfig, dataclasses.asdict(self.train.optim) | overrides, where)
+
+    def train_for(self, experiment: str) -> TrainConfig:
+        """`train` as the experiment runs it (and records it): with its effective optimizer (`optim_for`)."""
+        return dataclasses.replace(self.train, optim=self.optim_for(experiment))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,18 +1,23 @@
-"""Multiply-adds of one training step: fvcore's count of the traced forward, and the backward derived from it.
+"""FLOPs of one training step as Fomo-in-Flux counts them: 2 per multiply-add of matrix products, convolutions
+and attention, nothing else (`torch.utils.flop_counter.FlopCounterMode`, which FiF's `flops_computation.py:19,336`
+wraps around each step; open_clip's `docs/model_profile.csv` counts the same way: ViT-B/32 at 224 px is 8.82
+GFLOPs per sample for the image tower and 5.96 for the text tower).
 
-fvcore traces the step (the model's forward and the method's loss) with gradients enabled and counts one
-FLOP per multiply-add of matrix products and convolutions, and about five per element of a normalisation;
-elementwise operations are not counted. This module adds handlers for the operations fvcore skips that
-matter in a CLIP: scaled-dot-product attention, and the fused attention that a frozen model in eval mode
-runs without gradients (LwF's teacher).
+The count comes from fvcore's trace of the step (the model's forward and the method's loss) with gradients
+enabled: under `no_grad` the fused attention path of `nn.MultiheadAttention` would hide the attention
+projections. This module's handlers count the matrix products, convolutions and attention
+(`aten::scaled_dot_product_attention`, which fvcore skips; and the fused attention that a frozen model in eval
+mode runs without gradients, LwF's teacher, which `FlopCounterMode` cannot see into); fvcore's other handlers
+(normalisations, pooling, upsampling) are switched off, as `FlopCounterMode` has no formula for them.
+Elementwise work is not counted, as in `FlopCounterMode`.
 
 The backward pass is not traced, so it is derived from the same trace, as autograd executes it: every
-bilinear operation (linear, matmul, convolution) costs its forward multiply-adds once more for each operand
-whose gradient autograd computes, that is each operand that requires grad. So a frozen parameter costs no
-weight gradient, an activation gradient flows back only as far as the earliest trainable parameter, and a
-frozen tower costs its forward only. Attention's backward is counted as torch's fused kernels run it (and
-as `torch.utils.flop_counter` counts it): the scores recomputed plus four products, when any of q, k, v
-requires grad. Normalisations' and elementwise backward passes are not counted, as in the forward.
+bilinear operation (linear, matmul, convolution) costs its forward FLOPs once more for each operand whose
+gradient autograd computes, that is each operand that requires grad. So a frozen parameter costs no weight
+gradient, an activation gradient flows back only as far as the earliest trainable parameter, and a frozen
+tower costs its forward only. Attention's backward is counted as torch's fused kernels run it (and as
+`torch.utils.flop_counter` counts it): the scores recomputed plus four products, when any of q, k, v
+requires grad.
 
 An adapter that forms its weight as W + s B A (clipflux's LoRA, as FiF's) makes that weight require grad,
 so it pays the full weight-gradient product of W, then the small products for B and A: that is what runs.
@@ -31,6 +36,9 @@ from fvcore.nn.jit_handles import (addmm_flop_jit, bmm_flop_jit, conv_flop_jit, 
                                    linear_flop_jit, matmul_flop_jit)
 
 Handle = Callable[[list[Any], list[Any]], Counter]
+# FiF's unit: FlopCounterMode counts 2 FLOPs per multiply-add (torch/utils/flop_counter.py: mm_flop = 2 * m * n * k);
+# fvcore's handlers below return multiply-adds.
+FLOPS_PER_MAC = 2
 # Module scopes of the traced step (see `count_step`): the image tower, the rest of the CLIP (text tower,
 # projections, temperature), and what the loss adds outside the model (similarities, LwF's teacher forward).
 PARTS = {"image": "model.visual", "text": "model", "other": ""}
@@ -45,10 +53,10 @@ def _bilinear(op: str, forward: Callable, operands: Callable[[list[Any]], list[A
     """A handler counting the forward and, per operand that requires grad, the same again for its gradient."""
 
     def handle(inputs: list[Any], outputs: list[Any]) -> Counter:
-        counted = forward(inputs, outputs)  # a number, or a Counter (fvcore's convolution)
-        macs = int(sum(counted.values()) if isinstance(counted, Counter) else counted)
+        counted = forward(inputs, outputs)  # multiply-adds: a number, or a Counter (fvcore's convolution)
+        flops = FLOPS_PER_MAC * int(sum(counted.values()) if isinstance(counted, Counter) else counted)
         grads = sum(_requires_grad(v) for v in operands(inputs))
-        return Counter({f"forward/{op}": macs, f"backward/{op}": macs * grads})
+        return Counter({f"forward/{op}": flops, f"backward/{op}": flops * grads})
 
     return handle
 
@@ -56,7 +64,8 @@ def _bilinear(op: str, forward: Callable, operands: Callable[[list[Any]], list[A
 def _attention(inputs: list[Any], outputs: list[Any]) -> Counter:
     """aten::scaled_dot_product_attention(q, k, v, ...): scores Q K^T and output P V; backward as fused kernels."""
     (*batch, length, dim), (*_, keys, _), (*_, _, value_dim) = (get_shape(v) for v in inputs[:3])
-    scores, mixing = prod(batch) * length * keys * dim, prod(batch) * length * keys * value_dim
+    scores = FLOPS_PER_MAC * prod(batch) * length * keys * dim
+    mixing = FLOPS_PER_MAC * prod(batch) * length * keys * value_dim
     trains = any(_requires_grad(v) for v in inputs[:3])
     # backward: recomputed scores, dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q
     backward = 3 * scores + 2 * mixing if trains else 0
@@ -68,11 +77,7 @@ def _fused_attention(inputs: list[Any], outputs: list[Any]) -> Counter:
     (*batch, length, dim), (*_, keys, _) = get_shape(inputs[0]), get_shape(inputs[1])
     tokens, key_tokens = prod(batch) * length, prod(batch) * keys
     projections = (tokens + 2 * key_tokens) * dim * dim + tokens * dim * dim
-    return Counter({"forward/attention": projections + 2 * prod(batch) * length * keys * dim})
-
-
-def _forward_only(op: str, forward: Callable) -> Handle:
-    return lambda inputs, outputs: Counter({f"forward/{op}": int(forward(inputs, outputs))})
+    return Counter({"forward/attention": FLOPS_PER_MAC * (projections + 2 * prod(batch) * length * keys * dim)})
 
 
 HANDLES: dict[str, Handle] = {
@@ -89,7 +94,7 @@ HANDLES: dict[str, Handle] = {
 
 
 def count_step(step: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Counter:
-    """Multiply-adds of one training step, by "phase/part/operator" (e.g. "backward/image/linear").
+    """FLOPs of one training step in FiF's unit (see the module docstring), by "phase/part/operator".
 
     Args:
         step: a module whose forward runs the model (registered as its submodule `model`) and returns the loss.
@@ -97,12 +102,11 @@ def count_step(step: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Count
 
     Returns:
         Counts for phases "forward" and "backward", parts "image" (`model.visual`), "text" (the rest of the
-        model) and "other" (the loss and anything it runs outside the model), operators as named by the
-        handlers ("linear", "matmul", "convolution", "attention") or by fvcore ("layer_norm", ...).
+        model) and "other" (the loss and anything it runs outside the model), operators "linear", "matmul",
+        "convolution" and "attention", e.g. "backward/image/linear".
     """
-    analysis = FlopCountAnalysis(step, inputs)
-    for name, handle in HANDLES.items():
-        analysis.set_op_handle(name, handle)
+    # only these handlers: fvcore's for normalisations, pooling and upsampling go, as FlopCounterMode has none
+    analysis = FlopCountAnalysis(step, inputs).clear_op_handles().set_op_handle(**HANDLES)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's warnings about Python values in the graph
@@ -114,5 +118,5 @@ def count_step(step: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> Count
     for part, ops in exclusive.items():
         for key, value in ops.items():
             phase, _, op = key.rpartition("/")
-            counts[f"{phase or 'forward'}/{part}/{op}"] += value
+            counts[f"{phase}/{part}/{op}"] += value
     return counts

@@ -33,16 +33,23 @@ def row_summary(scores: Mapping[str, float], datasets: Mapping[str, Mapping[str,
     return fif_scores(scores, {n: datasets[n]["role"] for n in scores})
 
 
-def time_matrices(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+def time_matrices(rows: Sequence[Mapping[str, Any]], groups: Sequence[Sequence[str]] | None = None
+                  ) -> dict[str, dict[str, Any]]:
     """Per time-stepped dataset: its steps, the base model's scores and E[i][j] (after task i+1, step j).
 
-    E is only square, and TiC's metrics only defined, when the stream has one task per time step.
+    With `groups` (the time steps each task trains on, e.g. [["0", "1"], ["2", "3"], ...] when a stream puts
+    two years in a task), the columns are the tasks' time windows: a window's score is the mean of its time
+    steps' scores (each year weighs the same), so E is square with one task per window. Without groups E is
+    square, and TiC's metrics defined, only when the stream has one task per time step.
     """
     out = {}
     for name in rows[0].get("time", {}):
         steps = sorted(rows[0]["time"][name], key=_step_order)
-        scores = [[row["time"][name][s] for s in steps] for row in rows]
-        out[name] = {"steps": steps, "base": scores[0], "matrix": scores[1:]}
+        windows = [[s] for s in steps]
+        if groups and all(s in steps for group in groups for s in group):
+            windows = [list(group) for group in groups]
+        scores = [[math.fsum(row["time"][name][s] for s in w) / len(w) for w in windows] for row in rows]
+        out[name] = {"steps": ["+".join(w) for w in windows], "base": scores[0], "matrix": scores[1:]}
     return out
 
 
@@ -58,7 +65,8 @@ def _rounded(values: Mapping[str, float], digits: int = 4) -> dict[str, float]:
 
 
 def summarize(experiment: str, method: str, datasets: Mapping[str, Mapping[str, Any]],
-              rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None) -> tuple[dict, dict]:
+              rows: Sequence[Mapping[str, Any]], extra: Mapping[str, Any] | None = None,
+              time_groups: Sequence[Sequence[str]] | None = None) -> tuple[dict, dict]:
     """The experiment's evaluation (eval.json) and its DVC metrics (metrics.json).
 
     Args:
@@ -67,6 +75,7 @@ def summarize(experiment: str, method: str, datasets: Mapping[str, Mapping[str, 
         rows: one per model state, base model first: {"after_task", "subset", "scores", "metrics", "n",
             A_KA/A_ZS/GM, and "time": {dataset: {step: score}} for time-stepped datasets}.
         extra: more fields for eval.json (settings, datasets left out).
+        time_groups: the time steps of each task, when a task spans several (see `time_matrices`).
     """
     forgetting = forgetting_per_dataset([row["scores"] for row in rows])
     means = {}
@@ -74,7 +83,7 @@ def summarize(experiment: str, method: str, datasets: Mapping[str, Mapping[str, 
         values = [f for n, f in forgetting.items() if datasets[n]["role"] == role]
         if values:
             means[key] = math.fsum(values) / len(values)
-    times = time_matrices(rows)
+    times = time_matrices(rows, time_groups)
     tic = {n: tic_scores(t["matrix"], t["base"]) for n, t in times.items() if len(t["matrix"]) == len(t["steps"])}
 
     metrics: dict[str, Any] = {}

@@ -15,12 +15,15 @@ hurts the next step compared with the model before the stream).
 
 **Forgetting** (Chaudhry et al. 2018): per dataset, the best score of any earlier evaluation minus the
 final score.
+
+**Seeds**: an experiment repeated over seeds reports each number's mean over seeds and, as its spread, the
+sample standard deviation (n - 1 in the denominator); see `aggregate_metrics`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 HEADLINE = {  # the one score per dataset that each protocol averages
     "fif": {"classification": "acc", "retrieval": "R@5"},
@@ -110,3 +113,105 @@ def tic_scores(matrix: Sequence[Sequence[float]], base: Sequence[float] | None =
                 raise ValueError(f"base has {len(base)} scores for {t} time steps")
             out["fwt"] = _mean([e[j - 1][j] - float(base[j]) for j in range(1, t)])
     return out
+
+
+# -- several seeds -------------------------------------------------------------------------------------
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """The sample standard deviation (n - 1 in the denominator) of two or more values."""
+    if len(values) < 2:
+        raise ValueError(f"a sample standard deviation needs at least two values, got {len(values)}")
+    if all(v == values[0] for v in values):
+        return 0.0  # exactly: the mean of equal floats can be off in the last bit
+    mean = _mean(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+_DROP = object()  # a leaf left out of a tree
+
+
+def _aligned(trees: Sequence[Any], reduce: Callable[[list[float]], Any], other: Callable[[list], Any]) -> Any:
+    """Walk equally shaped trees of dicts and lists together; numbers go to `reduce`, anything else to `other`."""
+    first = trees[0]
+    if isinstance(first, Mapping):
+        keys = dict.fromkeys(k for t in trees for k in t)
+        out = {k: _aligned([t[k] for t in trees if k in t], reduce, other) for k in keys}
+        return {k: v for k, v in out.items() if v is not _DROP}
+    if isinstance(first, (list, tuple)):
+        if any(len(t) != len(first) for t in trees):
+            raise ValueError(f"seeds disagree on the length of a list: {sorted({len(t) for t in trees})}")
+        column_values = [_aligned(list(column), reduce, other) for column in zip(*trees)]
+        return [None if v is _DROP else v for v in column_values]
+    if all(_is_number(t) for t in trees):
+        return reduce(list(trees))
+    return other(list(trees))
+
+
+def seed_mean(trees: Sequence[Any]) -> Any:
+    """The mean over seeds of every number in equally shaped trees (one per seed) of dicts and lists.
+
+    A number that every seed has the same keeps its value and type (task indices, sizes, steps); any other
+    leaf (names, flags) is taken from the first seed. A dict key missing in some seeds is averaged over the
+    seeds that have it.
+    """
+    if not trees:
+        raise ValueError("no seeds to average")
+    return _aligned(trees, lambda v: v[0] if all(x == v[0] for x in v) else _mean(v), lambda v: v[0])
+
+
+def seed_std(trees: Sequence[Any]) -> Any:
+    """The sample standard deviation over seeds of every number in `seed_mean`'s trees (n - 1 in the
+    denominator; 0.0 where all seeds agree); leaves that are not numbers, and numbers that fewer than two
+    seeds have, are left out (None inside lists, to keep positions)."""
+    if len(trees) < 2:
+        raise ValueError(f"a spread over seeds needs at least two seeds, got {len(trees)}")
+    return _aligned(trees, lambda v: sample_std(v) if len(v) > 1 else _DROP, lambda v: _DROP)
+
+
+STD_KEYS = {"final": ("A_KA", "A_ZS", "GM"), "forgetting": ("mean_adaptation", "mean_evaluation"), "tic": None}
+
+
+def round_tree(tree: Any, digits: int = 4) -> Any:
+    """Every float in a tree of dicts and lists rounded to `digits` (other leaves as they are)."""
+    if isinstance(tree, Mapping):
+        return {k: round_tree(v, digits) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [round_tree(v, digits) for v in tree]
+    return round(tree, digits) if isinstance(tree, float) else tree
+
+
+def _with_std(values: Mapping[str, Any], spread: Mapping[str, Any], keys: Sequence[str] | None,
+              digits: int) -> dict[str, Any]:
+    out = {}
+    for key, value in values.items():
+        out[key] = value
+        if (keys is None or key in keys) and _is_number(spread.get(key)):
+            out[f"{key}_std"] = round(spread[key], digits)
+    return out
+
+
+def aggregate_metrics(per_seed: Sequence[Mapping[str, Any]], digits: int = 4) -> dict[str, Any]:
+    """One experiment's DVC metrics (`metrics.json`) over seeds: each seed's metrics in `summarize`'s format in,
+    the same structure out with every number the mean over seeds (rounded to `digits`).
+
+    With more than one seed, the final A_KA / A_ZS / GM, the mean forgetting per group and every TiC number
+    get a sibling `<key>_std` right after them (the sample standard deviation over seeds), and "seeds": N
+    is added. With one seed the result is that seed's metrics unchanged (metrics.json stays byte-identical).
+    """
+    if len(per_seed) == 1:
+        return dict(per_seed[0])
+    mean, std = round_tree(seed_mean(per_seed), digits), seed_std(per_seed)
+    out: dict[str, Any] = {}
+    for section, values in mean.items():
+        if section not in STD_KEYS:
+            out[section] = values
+        elif section == "tic":
+            out[section] = {name: _with_std(v, std[section].get(name, {}), None, digits) for name, v in values.items()}
+        else:
+            out[section] = _with_std(values, std.get(section, {}), STD_KEYS[section], digits)
+    return out | {"seeds": len(per_seed)}

@@ -110,6 +110,14 @@ def to_input(images: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
     return (x - MEAN) / STD
 
 
+def initial_model(cfg: ModelConfig, seed: int) -> tuple[open_clip.CLIP, open_clip.tokenizer.SimpleTokenizer]:
+    """`create_model` with its random initialisation drawn from `seed` (the global generator is left as it was):
+    the same seed gives bit-identical weights, as TiC's runs from random initialisation need."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_model(cfg)
+
+
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Write a state dict atomically: temporary file, fsync, rename."""
     path = Path(path)

@@ -14,17 +14,40 @@ from clipflux.config import MixtureConfig
 SOURCES = ("update", "buffer", "pretraining")
 
 
-def split_batch(batch_size: int, mixture: MixtureConfig, buffer_size: int, pool_size: int) -> dict[str, int]:
-    """How many samples of a batch come from each source.
+# The order in which FiF hands out a batch's remainder: its data_mixture's keys as continualfomo_default.yaml lists them.
+FIF_ORDER = ("pretraining", "update", "buffer")
 
-    The empty buffer's share goes to update data (FiF's first task), as does the pretraining share when
-    no pretraining pool is available. The counts always sum to `batch_size`.
+
+def split_batch(batch_size: int, mixture: MixtureConfig, buffer_size: int, pool_size: int) -> dict[str, int]:
+    """How many samples of a batch come from each source, as FiF splits it.
+
+    Each source gets floor(batch x share), and what is left goes one sample at a time to the sources in FiF's
+    key order (FiF main.py:21-55, `calculate_individual_batch_sizes`; only to sources with a share, where FiF
+    would also give a sample to a source with share 0). While the buffer is empty (the first task) its share
+    is split between update and pretraining data, the odd sample to update data (FiF utils/training.py:196-207);
+    without pretraining data all of it goes to update data. With no pretraining pool available its share goes
+    to update data. The counts always sum to `batch_size`, with at least one update sample.
     """
-    n_buffer = int(round(batch_size * mixture.buffer)) if buffer_size > 0 else 0
-    n_pretraining = int(round(batch_size * mixture.pretraining)) if pool_size > 0 else 0
-    n_buffer = min(n_buffer, batch_size - 1)
-    n_pretraining = min(n_pretraining, batch_size - 1 - n_buffer)
-    return {"update": batch_size - n_buffer - n_pretraining, "buffer": n_buffer, "pretraining": n_pretraining}
+    shares = {"pretraining": mixture.pretraining if pool_size > 0 else 0.0, "buffer": mixture.buffer,
+              "update": mixture.update + (0.0 if pool_size > 0 else mixture.pretraining)}
+    counts = {key: int(batch_size * shares[key]) for key in FIF_ORDER}
+    left = batch_size - sum(counts.values())
+    while left > 0:
+        for key in (k for k in FIF_ORDER if shares[k] > 0):
+            if left == 0:
+                break
+            counts[key] += 1
+            left -= 1
+    if buffer_size == 0:  # the first task: nothing to replay yet
+        moved, counts["buffer"] = counts["buffer"], 0
+        to_pool = moved // 2 if counts["pretraining"] > 0 else 0
+        counts["pretraining"] += to_pool
+        counts["update"] += moved - to_pool
+    if counts["update"] == 0:  # a tiny batch: one new sample per step at least
+        largest = max(("pretraining", "buffer"), key=counts.get)
+        counts[largest] -= 1
+        counts["update"] = 1
+    return {"update": counts["update"], "buffer": counts["buffer"], "pretraining": counts["pretraining"]}
 
 
 def blocked_permutation(rng: np.random.Generator, blocks: np.ndarray) -> np.ndarray:

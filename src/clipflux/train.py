@@ -47,23 +47,61 @@ class Loop:
     precision: str = "fp32"  # or "bf16": autocast of forward and loss
     compile: bool = False
     pin_memory: bool = False  # only used when training on a GPU
+    augment: str = "none"  # or "random_resized_crop": FiF's training augmentation (`data.loader.StepBatches`)
 
 
 def train_mode(model: torch.nn.Module) -> None:
-    """Training mode, except for BatchNorm layers whose parameters are all frozen: they keep their running
-    statistics (as open_clip's `lock_image_tower(freeze_bn_stats=True)`), so a frozen tower stays the same."""
+    """Training mode, except for BatchNorm layers whose statistics do not train: they stay in eval mode and keep
+    their running statistics (as open_clip's `lock_image_tower(freeze_bn_stats=True)`), so a frozen tower stays
+    the same. Those are the layers whose parameters are all frozen, and those a method has told to stop
+    tracking statistics (`track_running_stats = False`) while their affine parameters train (LNFit's
+    `batchnorm` option)."""
     model.train()
     for module in model.modules():
-        if is_batchnorm(module) and not any(p.requires_grad for p in module.parameters()):
+        if is_batchnorm(module) and (not module.track_running_stats
+                                     or not any(p.requires_grad for p in module.parameters())):
             module.eval()
 
 
-def lr_at(step: int, steps: int, optim: OptimConfig) -> float:
-    """Learning rate at `step` of a task: linear warmup, then cosine decay to zero (restarted every task)."""
-    if step < optim.warmup_steps:
-        return optim.lr * (step + 1) / optim.warmup_steps
-    done = (step - optim.warmup_steps) / max(1, steps - optim.warmup_steps)
-    return 0.5 * optim.lr * (1.0 + math.cos(math.pi * done))
+def warmup_of(task: int, steps: int, optim: OptimConfig) -> int:
+    """Warmup steps of `task` (of `steps` steps): `warmup_steps`, or ceil(share x steps) as FiF computes it
+    (continual_lib/utils/base_continual_learner.py:321-325), with `warmup_after_first` as the share of every
+    task after the first (TiC warms up only its first step: scripts/run_medium_basic_sequential.sh:46)."""
+    share = optim.warmup_share
+    if task > 0 and optim.warmup_after_first is not None:
+        share = optim.warmup_after_first
+    return optim.warmup_steps if share is None else math.ceil(share * steps)
+
+
+def lr_at(step: int, steps: int, optim: OptimConfig, task: int = 0) -> float:
+    """Learning rate at `step` of `task`: linear warmup, then cosine decay from `lr` to `min_lr_share x lr`,
+    restarted every task. A pure function of (task, step), so the scheduler needs no state to resume.
+
+    The warmup is open_clip's and FiF's, lr x (step + 1) / warmup (base_continual_learner.py:326-332). The cosine
+    is open_clip's, at the phase (step - warmup) / (steps - warmup), which TiC trains with; FiF's evaluates one
+    step later, (step - warmup + 1) / (steps - warmup), so its last step is at the floor (:333-341): a documented
+    deviation of one step in the phase. With a floor of 0 the values are bit-for-bit those of open_clip's
+    `cosine_lr`, the schedule the base model is pretrained with.
+    """
+    warmup = warmup_of(task, steps, optim)
+    if step < warmup:
+        return optim.lr * (step + 1) / warmup
+    floor = optim.lr * optim.min_lr_share
+    done = (step - warmup) / max(1, steps - warmup)
+    return floor + 0.5 * (optim.lr - floor) * (1.0 + math.cos(math.pi * done))
+
+
+def new_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over `params` in two groups: matrices, and the rest (biases, norms, logit scale), which get no weight
+    decay with `weight_decay_on: matrices` (open_clip) and the same decay as the matrices with "all" (FiF puts
+    every parameter in groups with the one weight decay: base_continual_learner.py:133-138, 259-280)."""
+    decay = [p for p in params if p.ndim >= 2]
+    rest = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": optim.weight_decay},
+              {"params": rest, "weight_decay": optim.weight_decay if optim.weight_decay_on == "all" else 0.0}]
+    # The fused kernel on GPUs; on the CPU the default implementation, which the reference numbers use.
+    fused = True if device.type == "cuda" else None
+    return torch.optim.AdamW(groups, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, fused=fused)
 
 
 class Trainer:
@@ -168,14 +206,7 @@ class Trainer:
         return task, step
 
     def _new_optimizer(self) -> None:
-        params = self.method.trainable_parameters()
-        decay = [p for p in params if p.ndim >= 2]
-        no_decay = [p for p in params if p.ndim < 2]  # biases, norms, logit scale: no weight decay (open_clip)
-        groups = [{"params": decay, "weight_decay": self.loop.optim.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
-        # The fused kernel on GPUs; on the CPU the default implementation, which the reference numbers use.
-        fused = True if self.placement.device.type == "cuda" else None
-        self.optimizer = torch.optim.AdamW(groups, lr=self.loop.optim.lr, fused=fused)
+        self.optimizer = new_optimizer(self.method.trainable_parameters(), self.loop.optim, self.placement.device)
 
     # -- loop ----------------------------------------------------------------------------------------
 
@@ -234,7 +265,7 @@ class Trainer:
         counts = split_batch(self.loop.optim.batch_size, self.loop.mixture, len(buffer_items), len(self.pool))
         sources = {"update": new, "buffer": buffer_items, "pretraining": self.pool}
         return StepBatches(self.readers, sources, counts, self.loop.seed, task, steps, self.tokenizer,
-                           image_size(self.model), purpose)
+                           image_size(self.model), purpose, augment=self.loop.augment)
 
     def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
         # Each rank reads only its slice of every batch.
@@ -288,7 +319,7 @@ class Trainer:
         for step, batch in enumerate(bar, start=start_step):
             if step == start_step or step % self.loop.checkpoint_every == 0:
                 network = self._wrap()
-            lr = lr_at(step, steps, self.loop.optim)
+            lr = lr_at(step, steps, self.loop.optim, task)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             # 1) forward and the method's loss (under torchrun: this rank's slice of the step's batch)

@@ -9,15 +9,23 @@ and together the whole batch, so the ranks share out every data source of the ta
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from clipflux.data.pipeline import open_dataset
 from clipflux.data.shards import ShardReader
-from clipflux.models import to_input
+from clipflux.models import MEAN, STD, to_input
 from clipflux.replay import SOURCES, draw
+
+# FiF's training augmentation, torchvision's RandomResizedCrop with scale (0.9, 1.0), ratio (0.75, 1.3333) and
+# bicubic resizing (data_lib/__init__.py:447-455; configs/experiment/continualfomo_default.yaml:26-28).
+CROP_SCALE = (0.9, 1.0)
+CROP_RATIO = (0.75, 1.3333)
+AUGMENT_KEY = 0x617567  # "aug": the crops' generators are apart from the sampling's (`replay.draw`)
 
 
 class StepBatches(torch.utils.data.Dataset):
@@ -31,16 +39,23 @@ class StepBatches(torch.utils.data.Dataset):
         purpose: 0 for training; another number for a method's own draws (a disjoint random stream).
         tokenizer: turns captions into token ids.
         image_size: the model's input resolution.
+        augment: "none", or "random_resized_crop": FiF's crop of every training image (update, buffer and
+            pretraining data alike, as FiF's buffer and pretraining loaders use the train transforms too:
+            experiment_lib/continual_learning_experiment.py:341-358, utils/training.py:224-228), drawn from
+            (seed, task, step, purpose, position in the batch): the same on resume and on any number of ranks.
 
     Attributes:
         rank, world_size: item `s` is this rank's slice of the batch of step s (0 of 1: all of it; see `shard`).
     """
 
     def __init__(self, readers: list[ShardReader], sources: dict[str, np.ndarray], counts: dict[str, int],
-                 seed: int, task: int, steps: int, tokenizer, image_size: int, purpose: int = 0):
+                 seed: int, task: int, steps: int, tokenizer, image_size: int, purpose: int = 0,
+                 augment: str = "none"):
+        if augment not in ("none", "random_resized_crop"):
+            raise ValueError(f"augment: {augment!r} is not 'none' or 'random_resized_crop'")
         self.readers, self.sources, self.counts = readers, sources, counts
         self.seed, self.task, self.steps = seed, task, steps
-        self.tokenizer, self.image_size, self.purpose = tokenizer, image_size, purpose
+        self.tokenizer, self.image_size, self.purpose, self.augment = tokenizer, image_size, purpose, augment
         self.blocks = {name: shard_blocks(readers, items) for name, items in sources.items()}  # streamed sources
         self.rank, self.world_size = 0, 1
 
@@ -64,14 +79,55 @@ class StepBatches(torch.utils.data.Dataset):
         return np.concatenate(parts)
 
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
-        items = self.items(step)[self.rank::self.world_size]
+        everything = self.items(step)
+        positions = np.arange(len(everything))[self.rank::self.world_size]
+        items = everything[positions]
         samples = [self.readers[d].read(int(i), ("png", "txt")) for d, i in items]
         images = np.stack([s["png"] for s in samples])
+        if self.augment == "random_resized_crop":
+            height, width = images.shape[1:3]
+            boxes = [crop_box(np.random.default_rng([self.seed, self.task, step, self.purpose, AUGMENT_KEY, int(p)]),
+                              height, width) for p in positions]
+            pixels = random_resized_crops(images, boxes, self.image_size)
+        else:
+            pixels = to_input(images, self.image_size)
         return {
-            "images": to_input(images, self.image_size),
+            "images": pixels,
             "texts": self.tokenizer([s["txt"] for s in samples]),
             "items": torch.as_tensor(items),
         }
+
+
+def crop_box(rng: np.random.Generator, height: int, width: int, scale: tuple[float, float] = CROP_SCALE,
+             ratio: tuple[float, float] = CROP_RATIO) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a random crop, drawn as torchvision's `RandomResizedCrop.get_params` draws
+    it (area share in `scale`, log-uniform aspect ratio in `ratio`, 10 tries, then the largest central crop of
+    an allowed ratio), from `rng` instead of torch's global generator."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        w, h = round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    if width / height < ratio[0]:
+        w, h = width, round(width / ratio[0])
+    elif width / height > ratio[1]:
+        h, w = height, round(height * ratio[1])
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def random_resized_crops(images: np.ndarray, boxes: list[tuple[int, int, int, int]], size: int) -> torch.Tensor:
+    """uint8 NHWC images, each cut to its (top, left, height, width) box and resized to `size` x `size`
+    (bicubic, as `models.to_input` resizes) -> normalised float NCHW."""
+    crops = []
+    for image, (top, left, h, w) in zip(images, boxes):
+        x = torch.as_tensor(image[top:top + h, left:left + w]).permute(2, 0, 1)[None].float().div_(255.0)
+        crops.append(F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False))
+    return (torch.cat(crops).clamp_(0, 1) - MEAN) / STD
 
 
 def shard_blocks(readers: list, items: np.ndarray) -> np.ndarray | None:

@@ -44,6 +44,8 @@ class ExtraWork:
             (EWC's Fisher estimate), each counted as a training step.
         weight_passes_per_step: multiply-adds per model parameter after every optimizer step (EMA's update).
         weight_passes_per_task: multiply-adds per model parameter at the end of each task (merging).
+            Both are elementwise work, recorded with the budget but not charged: FiF's unit counts matrix
+            products, convolutions and attention only, as it leaves out the optimizer's update in every step.
     """
 
     gradient_batches_per_task: int = 0
@@ -93,6 +95,10 @@ class Method:
     # update / buffer / pretraining shares; "union" = TiC's cumulative regimes, uniformly over the new data
     # and the replay buffer together.
     data_mode: ClassVar[str] = "mixture"
+    # Attributes the method keeps on the host (CPU) between steps and uses only at task boundaries or for
+    # evaluation (merge snapshots, an unadapted copy): the compute budget does not charge them to the
+    # accelerator's memory (`clipflux.budget`). A method that declares one must keep it on the CPU.
+    host_state: ClassVar[tuple[str, ...]] = ()
 
     def steps_for_task(self, task: int, steps: int) -> int:
         """Optimizer steps for task `task` given the per-task budget `steps` (TiC's Oracle takes (t+1) x)."""

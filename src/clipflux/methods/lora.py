@@ -1,4 +1,4 @@
-"""LoRA: a trainable low-rank update B A added to frozen projection weights.
+"""LoRA: a trainable low-rank update B A added to frozen projection and convolution weights.
 
 Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", ICLR 2022 (arXiv 2106.09685), with
 Fomo-in-Flux's hyperparameters (Roth, Udandarao et al., NeurIPS 2024 D&B, arXiv 2408.14471). The adapter
@@ -19,4 +19,5 @@ class LoRA(AdapterMethod):
 
     def factory(self, found: list[Target], generator: torch.Generator) -> AdapterFactory:
         p = self.params
-        return lambda rows, cols, weight: LoRADelta(rows, cols, p.rank, p.scale, generator)
+        # A k x k conv's adapter has rank r*k (FiF's LoRA_Conv2d, continual_lib/lora.py:215-224).
+        return lambda rows, cols, kernel, weight: LoRADelta(rows, cols, p.rank * kernel, p.scale, generator)

@@ -10,6 +10,13 @@ which is exactly FiF's "unrolled" merge over its stored checkpoints, kept online
 weights each next task starts from: the running merge (FiF's `ema_paint`), the previous task's finetuned
 weights (training continues as in finetuning; merging only changes what is evaluated), or the zero-shot
 weights (each task trained independently, then merged). The merge is what is evaluated.
+
+The zero-shot weights and the running merge live on the host, as FiF keeps its merge checkpoints: `.cpu()`
+copies (`continual_lib/utils/base_continual_learner.py:112-130`, `ema_paint.py:84-87`), put on the GPU only to
+load a task's starting weights (`base_continual_learner.py:197-202`). Used only at task boundaries and for
+evaluation, they take no accelerator memory during steps (`host_state`: the compute budget charges paint full
+finetuning's memory), and merges run on the CPU whatever the training device, so a run resumed from a
+checkpoint merges exactly as the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import torch
 from clipflux.config import ConfigError
 from clipflux.methods import merging
 from clipflux.methods.base import ExtraWork, Method, TaskContext, register
-from clipflux.methods.weights import StateDict, clone_tensors, load_weights_, snapshot, with_weights
+from clipflux.methods.weights import StateDict, load_weights_, with_weights
 
 
 @dataclass(frozen=True)
@@ -77,16 +84,22 @@ def merge_into(params: PaintParams, merged: StateDict, finetuned: StateDict, zer
     return merging.dare_ties([finetuned, merged], zeroshot, params.density, params.scale, generator)
 
 
+def on_host(state: dict[str, torch.Tensor]) -> StateDict:
+    """Detached copies of a state's tensors on the CPU (never aliasing the given tensors)."""
+    return {name: value.detach().to("cpu", copy=True) for name, value in state.items()}
+
+
 @register("paint")
 class Paint(Method):
     """Train each task with the CLIP loss, then merge it into the running merge, which is evaluated."""
 
     Params = PaintParams
+    host_state = ("zeroshot", "merged")
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
-        self.zeroshot = snapshot(model)
-        self.merged = snapshot(model)
+        self.zeroshot = on_host(model.state_dict())
+        self.merged = on_host(model.state_dict())
         self.merges = 0
 
     def begin_task(self, task: TaskContext) -> None:
@@ -98,16 +111,17 @@ class Paint(Method):
         return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator])
 
     def end_task(self, task: TaskContext) -> None:
-        self.merged = merge_into(self.params, self.merged, snapshot(self.model), self.zeroshot, task.index)
+        self.merged = merge_into(self.params, self.merged, on_host(self.model.state_dict()), self.zeroshot,
+                                 task.index)
         self.merges += 1
 
     def eval_model(self) -> torch.nn.Module:
         return with_weights(self.model, self.merged)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"zeroshot": clone_tensors(self.zeroshot), "merged": clone_tensors(self.merged),
-                "merges": self.merges}
+        return {"zeroshot": on_host(self.zeroshot), "merged": on_host(self.merged), "merges": self.merges}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.zeroshot, self.merged = clone_tensors(state["zeroshot"]), clone_tensors(state["merged"])
+        # back on the host, where the trainer may have moved a loaded state to the training device
+        self.zeroshot, self.merged = on_host(state["zeroshot"]), on_host(state["merged"])
         self.merges = state["merges"]

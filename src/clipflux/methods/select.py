@@ -33,16 +33,26 @@ def transformer_of(model: torch.nn.Module, tower: Tower) -> torch.nn.Module:
     return model.text.transformer if hasattr(model, "text") else model.transformer
 
 
+# The residual stages of open_clip's `ModifiedResNet` (CLIP's RN50): FiF's block separators of a ResNet
+# image tower (backbones/__init__.py:75-80, "clip_rn50": ["layer1", "layer2", "layer3", "layer4"]).
+RESNET_STAGES = ("layer1", "layer2", "layer3", "layer4")
+
+
+def is_resnet(model: torch.nn.Module) -> bool:
+    """Whether the image tower is a ResNet (open_clip's `ModifiedResNet`) rather than a transformer."""
+    return hasattr(model.visual, RESNET_STAGES[0])
+
+
 def resblocks(model: torch.nn.Module, tower: Tower, indices: list[int]) -> list[torch.nn.Module]:
-    """The attention blocks of a tower with the given indices (all of them when `indices` is empty): the
-    residual blocks of a transformer, or the attention pool (`visual.attnpool`), the one attention block of
-    a ResNet image tower (open_clip's `ModifiedResNet`, as in CLIP's RN50).
+    """The residual blocks of a tower with the given indices (all of them when `indices` is empty), as FiF's
+    `backbone_block_idcs` / `head_block_idcs` index its block separators: the blocks of a transformer
+    (`transformer.resblocks.i`), or the four residual stages `layer1`..`layer4` of a ResNet image tower.
 
     Raises:
         ValueError: an index is outside the tower's depth.
     """
-    if tower == "image" and hasattr(model.visual, "attnpool"):
-        blocks = [model.visual.attnpool]
+    if tower == "image" and is_resnet(model):
+        blocks = [getattr(model.visual, name) for name in RESNET_STAGES]
     else:
         blocks = list(transformer_of(model, tower).resblocks)
     bad = [i for i in indices if not -len(blocks) <= i < len(blocks)]

@@ -30,10 +30,12 @@ class VeRA(AdapterMethod):
 
     def factory(self, found: list[Target], generator: torch.Generator) -> AdapterFactory:
         p = self.params
+        rank = p.rank * max(t.kernel for t in found)  # a k x k conv's adapter has rank r*k (vera.py:229-244)
         rows = max(stop - start for t in found for start, stop in t.ranges)
-        cols = max(getattr(t.module, t.attr).shape[1] for t in found)
+        cols = max(t.shape()[1] for t in found)
         # One pair of random matrices for the whole model, sliced to each layer's shape (the paper's sharing).
-        shared_a, shared_b = torch.empty(p.rank, cols), torch.empty(rows, p.rank)
+        shared_a, shared_b = torch.empty(rank, cols), torch.empty(rows, rank)
         torch.nn.init.kaiming_uniform_(shared_a, a=5 ** 0.5, generator=generator)
         torch.nn.init.kaiming_uniform_(shared_b, a=5 ** 0.5, generator=generator)
-        return lambda rows, cols, weight: VeRADelta(shared_a, shared_b, rows, cols, p.scale, p.d_init)
+        return lambda rows, cols, kernel, weight: VeRADelta(shared_a, shared_b, rows, cols, p.rank * kernel,
+                                                            p.scale, p.d_init)
