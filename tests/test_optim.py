@@ -180,7 +180,7 @@ def test_experiment_overrides_reach_the_optimizer(tmp_path):
         ({"eps": "1e-6"}, None, "experiments.tic_sequential.optim.eps: expected float, got '1e-6' (str)"),
         ({"weight_decay_on": "some"}, None, "experiments.tic_sequential.optim.weight_decay_on: 'some' is not allowed"),
         ({"batch_size": 32}, None, "experiments.tic_sequential.optim.batch_size: the batch size is shared"),
-        ({"warmup_share": 0.1}, {"warmup_steps": 4},
+        ({"warmup_share": 0.1}, {"warmup_steps": 4, "warmup_share": None},
          "experiments.tic_sequential.optim.warmup_steps: 4 and warmup_share"),
         ({}, {"warmup_after_first": 1.0}, "train.optim.warmup_after_first: must be in [0, 1), got 1.0"),
     ],
