@@ -76,7 +76,7 @@ def main() -> None:
         bare_open_clip_steps(model, optimizer, batches, steps, cfg.optim, cfg.precision, torch.device("cpu"))
         consumed = steps * cfg.optim.batch_size / (time.perf_counter() - start)
 
-        # A task of the finetune_replay experiment: an adaptation dataset, a replay buffer and the pool.
+        # A task of the finetune experiment (FiF's mixture): an adaptation dataset, a replay buffer and the pool.
         readers = [ShardReader(tmp / "shards" / d, "train") for d in ("novel_shapes", "textures", "pool")]
         sources = {"update": index_items(0, readers[0]), "buffer": index_items(1, readers[1]),
                    "pretraining": index_items(2, readers[2])}

@@ -3,7 +3,7 @@
 Usage: python benchmarks/scaling.py [--layouts 1x2 2x1] [--steps N] [--scale S]
 
 Each layout PxT runs `torchrun --nproc-per-node P` with T threads per process, training the real trainer on
-shards of a generated world (the finetune_replay mixture: an adaptation dataset, a replay buffer, the pool)
+shards of a generated world (the default mixture of the FiF experiments: an adaptation dataset, a replay buffer, the pool)
 at `params.yaml`'s global train batch, split over the ranks. After a warm-up task, one task of N steps is
 timed on rank 0 (data loading, the gradient all-reduce and the gathered contrastive loss included). The
 default layouts use the same cores (2) once as one process and once as two.
