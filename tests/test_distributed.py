@@ -93,7 +93,7 @@ def workspace(tiny_shards, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("ddp")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["train"].update(samples_per_task=STEPS * BATCH, threads=1, workers=1, checkpoint_every=2, nproc=2)
-    params["train"]["optim"].update(batch_size=BATCH, warmup_steps=1)
+    params["train"]["optim"].update(batch_size=BATCH, warmup_steps=1, warmup_share=None)
     params["streams"] = {"s": {"file": str(REPO / "streams/fif_random.json"), "num_tasks": TASKS}}
     params["experiments"] = {"replay": {"method": "finetune", "stream": "s",
                                         "mixture": {"update": 0.5, "buffer": 0.25, "pretraining": 0.25}}}

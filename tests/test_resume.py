@@ -34,7 +34,7 @@ TINY = {
     "pretrain": {"samples": 48, "workers": 2, "checkpoint_every": 2,
                  "optim": {"batch_size": 8, "warmup_steps": 1}},
     "train": {"samples_per_task": STEPS * 8, "workers": 2, "checkpoint_every": 2,
-              "optim": {"batch_size": 8, "warmup_steps": 1}},
+              "optim": {"batch_size": 8, "warmup_steps": 1, "warmup_share": None}},
     "budget": {"measure": "samples"},  # every method STEPS steps per task (tests/test_budget.py: derived steps)
 }
 METHODS = sorted(REGISTRY)
