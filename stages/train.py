@@ -44,12 +44,23 @@ def main() -> None:
         for stale in sorted(args.out.glob("seed_*")) if args.out.exists() else []:
             if int(stale.name.removeprefix("seed_")) >= params.study.seeds:
                 shutil.rmtree(stale)
+    budget = plan_experiment(params, args.experiment)  # the same for every seed: profiled once
     for seed_index in range(params.study.seeds):
-        train_seed(args, params, seed_index, placement)
+        train_seed(args, params, seed_index, placement, dict(budget))
     distributed.stop(placement)
 
 
-def train_seed(args, params, seed_index: int, placement) -> None:
+def plan_experiment(params, experiment: str) -> dict:
+    """Steps per task from the compute budget (deterministic: no timing), with the stream's per-task samples and
+    budget measure where it sets them (TiC's C, counted in samples)."""
+    exp, cfg = params.experiments[experiment], params.train_for(experiment)
+    stream_cfg = params.streams[exp.stream]
+    return plan(dataclasses.replace(
+        params, train=dataclasses.replace(cfg, samples_per_task=stream_cfg.samples_per_task or cfg.samples_per_task),
+        budget=dataclasses.replace(params.budget, measure=stream_cfg.measure or params.budget.measure)), exp.method)
+
+
+def train_seed(args, params, seed_index: int, placement, budget: dict) -> None:
     """Train one seed of the experiment into `--out/seed_<s>`, resuming from `--checkpoints/seed_<s>`."""
     exp, cfg = params.experiments[args.experiment], params.train_for(args.experiment)  # with its optim overrides
     seed = cfg.seed + seed_index
@@ -66,15 +77,10 @@ def train_seed(args, params, seed_index: int, placement) -> None:
         readers.append(open_dataset(args.shards, params.data.pool, "train"))
         pool = index_items(len(readers) - 1, readers[-1])
 
-    # Steps per task from the compute budget (deterministic: no timing), for the stream's per-task samples.
-    stream_cfg = params.streams[exp.stream]
-    budget = plan(dataclasses.replace(
-        params, train=dataclasses.replace(cfg, samples_per_task=stream_cfg.samples_per_task or cfg.samples_per_task),
-        budget=dataclasses.replace(params.budget, measure=stream_cfg.measure or params.budget.measure)), exp.method)
     steps = budget["steps_per_task"]
     budget |= {"steps_by_task": [method.steps_for_task(t, steps) for t in range(len(tasks))], "init": exp.init}
     print(f"train {args.experiment} (seed {seed_index}): {exp.method} trains {steps} steps per task "
-          f"(budget: {params.budget.measure}; from the {'base model' if exp.init == 'base' else 'a random init'})")
+          f"(budget: {budget['measure']}; from the {'base model' if exp.init == 'base' else 'a random init'})")
     config = {
         "experiment": args.experiment,
         "seed_index": seed_index,
