@@ -115,19 +115,30 @@ def main() -> None:
     base_row = json.loads(args.base_rows.read_text()).get(kind) if args.base_rows else None
     groups = time_groups(params, args.experiment, manifests) if kind == "tic" else None
     evaluations, metrics = [], []
+
+    def write_outputs() -> None:
+        """Write eval.json and metrics.json once every seed is evaluated (inside the last seed's run, so that
+        its lineage records the outputs' hashes)."""
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "eval.json").write_text(json.dumps(evaluations[0] | {"seeds": evaluations}, indent=1) + "\n")
+        (args.out / "metrics.json").write_text(json.dumps(aggregate_metrics(metrics), indent=1) + "\n")
+
     for seed_index in range(params.study.seeds):
-        evaluation, seed_metrics = evaluate_seed(args, params, seed_index, evaluator, sets, datasets, skipped, base_row,
-                                                 groups)
-        evaluations.append(evaluation)
-        metrics.append(seed_metrics)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "eval.json").write_text(json.dumps(evaluations[0] | {"seeds": evaluations}, indent=1) + "\n")
-    (args.out / "metrics.json").write_text(json.dumps(aggregate_metrics(metrics), indent=1) + "\n")
+        last = seed_index == params.study.seeds - 1
+
+        def record(evaluation: dict, seed_metrics: dict, last: bool = last) -> None:
+            evaluations.append(evaluation)
+            metrics.append(seed_metrics)
+            if last:
+                write_outputs()
+
+        evaluate_seed(args, params, seed_index, evaluator, sets, datasets, skipped, base_row, groups, record)
 
 
 def evaluate_seed(args, params, seed_index: int, evaluator: Evaluator, sets: dict, datasets: dict, skipped: dict,
-                  base_row: dict | None, groups: list[list[str]] | None) -> tuple[dict, dict]:
-    """Evaluate one seed's weights (`--models/seed_<s>`) after every task: its evaluation and metrics."""
+                  base_row: dict | None, groups: list[list[str]] | None, record) -> None:
+    """Evaluate one seed's weights (`--models/seed_<s>`) after every task; hand its evaluation and metrics to
+    `record(evaluation, metrics)` inside the seed's tracked run."""
     cfg = params.evaluate
     models = args.models / f"seed_{seed_index}"
     initial = models / "task_000.pt"  # a run from random initialisation starts from its own weights
@@ -139,8 +150,6 @@ def evaluate_seed(args, params, seed_index: int, evaluator: Evaluator, sets: dic
     method = params.experiments[args.experiment].method
     config = {"experiment": args.experiment, "seed_index": seed_index, "evaluate": dataclasses.asdict(cfg),
               "model": dataclasses.asdict(params.model), "datasets": datasets, "skipped": skipped}
-
-    found: dict[str, dict] = {}
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
@@ -162,11 +171,10 @@ def evaluate_seed(args, params, seed_index: int, evaluator: Evaluator, sets: dic
                     "budget": json.loads(budget.read_text()) if budget.exists() else None}
         evaluation, metrics = summarize(args.experiment, method, datasets, rows, settings,
                                         groups)
-        found["evaluation"], found["metrics"] = evaluation | {"seed": seed_index}, metrics
+        record(evaluation | {"seed": seed_index}, metrics)
         return metrics.get("final") or metrics.get("tic", {})  # the run's result in Omniboard
 
     run_tracked("evaluate", config, work)
-    return found["evaluation"], found["metrics"]
 
 
 if __name__ == "__main__":
