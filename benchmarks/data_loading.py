@@ -27,7 +27,8 @@ import torch
 
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import StepBatches, index_items
-from clipflux.data.pipeline import generate_world, preprocess
+from clipflux.data.pipeline import preprocess
+from clipflux.data.world import generate_world
 from clipflux.data.shards import ShardReader
 from clipflux.models import create_model, image_size
 from clipflux.replay import split_batch

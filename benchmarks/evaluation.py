@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from clipflux.config import load_params
-from clipflux.data.pipeline import generate_world, load_datasets, preprocess
+from clipflux.data.pipeline import load_datasets, preprocess
+from clipflux.data.world import generate_world
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets, preload
 from clipflux.models import create_model, save_weights
 

@@ -29,7 +29,8 @@ import torch
 from clipflux import distributed
 from clipflux.config import MixtureConfig, load_params
 from clipflux.data.loader import index_items
-from clipflux.data.pipeline import generate_world, preprocess
+from clipflux.data.pipeline import preprocess
+from clipflux.data.world import generate_world
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from clipflux.config import load_params
-from clipflux.data.pipeline import generate_world
+from clipflux.data.world import generate_world
 
 
 def main() -> None:

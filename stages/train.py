@@ -18,7 +18,7 @@ from clipflux.checkpoint import clear, start_over_requested
 from clipflux.config import load_params
 from clipflux.data.loader import index_items, stream_tasks
 from clipflux.data.pipeline import open_dataset
-from clipflux.methods import build_method
+from clipflux.methods import build_method, check_params
 from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.tracking.resume import continue_run
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--start-over", action="store_true", default=start_over_requested(),
                         help="discard checkpoints instead of resuming (also: CLIPFLUX_START_OVER=1)")
     args = parser.parse_args()
-    params = load_params()
+    params = check_params(load_params())
     configure_torch(params.train.threads)
     placement = distributed.start(params.train.device)
     if placement.primary:  # seeds removed from study.seeds leave no stale weights behind

@@ -12,7 +12,8 @@ import torch
 from hypothesis import settings
 
 from clipflux.config import WorldConfig
-from clipflux.data.pipeline import generate_world, preprocess
+from clipflux.data.pipeline import preprocess
+from clipflux.data.world import generate_world
 
 settings.register_profile("ci", deadline=None, max_examples=50)
 settings.load_profile("ci")

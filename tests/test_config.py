@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from clipflux.config import ConfigError, load_params
+from clipflux.methods import check_params
 
 from conftest import REPO
 
@@ -46,7 +47,7 @@ def test_shipped_params_load():
 )
 def test_bad_params_name_the_key(tmp_path, mutate, expected):
     with pytest.raises(ConfigError) as err:
-        load_params(_write(tmp_path, mutate))
+        check_params(load_params(_write(tmp_path, mutate)))  # the methods' part is checked where they are
     assert expected in str(err.value)
 
 

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clipflux.checkpoint import CheckpointError, check_fingerprint
-from clipflux.data.pipeline import generate_world, preprocess
+from clipflux.data.pipeline import preprocess
+from clipflux.data.world import generate_world
 from clipflux.methods import REGISTRY
 from clipflux.models import create_model, save_weights, state_sha256
 from clipflux.config import load_params

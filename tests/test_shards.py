@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from clipflux.data.pipeline import generate_world, load_datasets, preprocess
+from clipflux.data.pipeline import load_datasets, preprocess
+from clipflux.data.world import generate_world
 from clipflux.data.shards import ShardError, ShardReader, sha256_file
 
 from conftest import TINY_WORLD

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clipflux.config import load_params
-from clipflux.data.pipeline import _counts
+from clipflux.data.world import _counts
 from clipflux.data.world import build_world, generate
 from clipflux.matrix import dataset_info
 from clipflux.streams import SEPARATOR, load_stream_file

@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> None:
     budget.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method's hyperparameter of params.yaml, e.g. ewc.max_fim_samples=50000")
     budget.add_argument("--cuda", action="store_true", help="memory: the CUDA allocator's peak over real steps")
+    deps = sub.add_parser("stage-deps", help="check dvc.yaml's code dependencies against the import graph")
+    deps.add_argument("--write", action="store_true", help="rewrite the src/ and configs/ entries of dvc.yaml")
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "write-streams":
@@ -58,8 +60,28 @@ def main(argv: list[str] | None = None) -> None:
         data_commands.run(args)
     elif args.command == "budget":
         print_budget(args)
+    elif args.command == "stage-deps":
+        stage_deps(args.write)
     elif args.command in tracking_commands.COMMANDS:
         tracking_commands.run(args)
+
+
+def stage_deps(rewrite: bool) -> None:
+    """`clipflux stage-deps`: print each stage's missing and stale code dependencies; exit 1 if there are any."""
+    from clipflux import stagedeps
+
+    root = Path.cwd()
+    results = stagedeps.check(root)
+    if rewrite:
+        stagedeps.write(root, results)
+        results = stagedeps.check(root)
+    wrong = [r for r in results if r.missing or r.stale]
+    for r in wrong:
+        print(f"{r.stage}: missing {list(r.missing)}; stale {list(r.stale)}")
+    if wrong:
+        raise SystemExit(f"dvc.yaml: {len(wrong)} stage(s) with wrong code dependencies; "
+                         "`clipflux stage-deps --write` derives them")
+    print(f"dvc.yaml: the code dependencies of {len(results)} stages match their imports")
 
 
 def print_budget(args: argparse.Namespace) -> None:
@@ -71,9 +93,10 @@ def print_budget(args: argparse.Namespace) -> None:
 
     from clipflux import budget
     from clipflux.config import BudgetConfig, ConfigError, load_params
+    from clipflux.methods import check_params
     from clipflux.models import image_size
 
-    params = load_params()
+    params = check_params(load_params())
     methods = {name: dict(raw or {}) for name, raw in params.methods.items()}
     for item in args.set:
         key, _, value = item.partition("=")

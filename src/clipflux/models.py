@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from clipflux.config import ModelConfig
 
+READS = ("configs/models",)  # read by create_model: a dependency of every stage importing this module
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
 MEAN = torch.tensor(open_clip.OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
 STD = torch.tensor(open_clip.OPENAI_DATASET_STD).view(1, 3, 1, 1)

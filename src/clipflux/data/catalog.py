@@ -16,6 +16,7 @@ import yaml
 
 from clipflux.config import NAME, ConfigError, from_dict
 
+READS = ("configs/datasets",)  # a dependency of every stage importing this module
 CATALOG_DIR = Path(__file__).resolve().parents[3] / "configs" / "datasets"
 FIF_CATALOG = CATALOG_DIR / "fif.yaml"
 

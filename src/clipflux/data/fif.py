@@ -20,7 +20,7 @@ import numpy as np
 from clipflux.data import render
 from clipflux.data.pool import KNOWN_SHAPES, pick, plural, pool_sample, position_phrase
 from clipflux.data.render import BACKGROUNDS, COLORS, POSITIONS
-from clipflux.data.world import DatasetSpec, Maker, Sample
+from clipflux.data.spec import DatasetSpec, Maker, Sample
 
 NOVEL_SHAPES = ["hexagon", "heart", "crescent", "arrow", "hourglass", "semicircle", "chevron", "saltire"]
 FINE_GRAINED = ["four-pointed star", "five-pointed star", "six-pointed star", "eight-pointed star",

@@ -1,4 +1,4 @@
-"""The data stages' work: generate the raw world (download) and turn raw data into shards (preprocess).
+"""The data stages' work on shards: turn raw data into shards (preprocess) and open them (every stage after).
 
 Raw layout, per dataset: `<raw>/<dataset>/card.json` (the dataset card) and per split `<split>.npy`
 (uint8 images) with `<split>.jsonl` (one record per image).
@@ -21,56 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from clipflux.config import WorldConfig
 from clipflux.data.shards import ShardError, load_manifest, write_shards
 from clipflux.data.sources import load_manifest_at, open_reader
-from clipflux.data.world import DatasetSpec, build_world, generate
 from clipflux.progress import progress as show_progress
 
 
-def _write_json(path: Path, obj: object) -> None:
+def write_json(path: Path, obj: object) -> None:
+    """Write `obj` as JSON to `path` atomically (a temporary file, then a rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
-
-
-def _counts(cfg: WorldConfig, spec: DatasetSpec, split: str) -> int:
-    """Samples per class (or in all, for unlabelled sets) of one split, from the world's counts."""
-    if spec.role == "pretraining":
-        return max(1, round(cfg.pool_size * cfg.scale))
-    per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
-    return max(1, round(per_class * cfg.scale * spec.size_factor * (1 if spec.classes else 8)))
-
-
-def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True) -> list[str]:
-    """Generate every dataset of the synthetic world into `raw_dir` (the download stage).
-
-    Args:
-        cfg: the `world` section of params.
-        raw_dir: the output folder; replaced as a whole.
-        progress: show a progress bar per dataset.
-
-    Returns:
-        The dataset names, in generation order.
-    """
-    raw_dir = Path(raw_dir)
-    if raw_dir.exists():
-        shutil.rmtree(raw_dir)
-    names = []
-    for spec in build_world().values():
-        out = raw_dir / spec.name
-        out.mkdir(parents=True)
-        _write_json(out / "card.json", spec.card())
-        for split in spec.splits:
-            count = _counts(cfg, spec, split)
-            images, records = generate(spec, split, count, cfg.image_size, cfg.seed)
-            np.save(out / f"{split}.npy", images)
-            with open(out / f"{split}.jsonl", "w") as f:
-                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
-            if progress:
-                print(f"download: {spec.name}/{split}: {len(records)} samples", flush=True)
-        names.append(spec.name)
-    return names
 
 
 def read_raw(dataset_dir: str | Path, split: str) -> tuple[np.ndarray, list[dict]]:
@@ -102,7 +62,7 @@ def shard_dataset(dataset_dir: str | Path, out_dir: str | Path, shard_size: int)
             "class_counts": dict(sorted(labels.items())),
             "shards": write_shards(out_dir, split, images, records, shard_size),
         }
-    _write_json(out_dir / "manifest.json", manifest)
+    write_json(out_dir / "manifest.json", manifest)
     return manifest
 
 
@@ -148,7 +108,7 @@ def preprocess(raw_dir: str | Path, shards_dir: str | Path, shard_size: int,
             raise ShardError(f"data.external.{name}: the synthetic world has a dataset of that name; rename the import")
         index[name] = external_entry(name, location)
         manifests[name] = load_manifest_at(location)[0]
-    _write_json(shards_dir / "datasets.json", index)
+    write_json(shards_dir / "datasets.json", index)
     return manifests
 
 

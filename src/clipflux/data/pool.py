@@ -11,7 +11,7 @@ import numpy as np
 
 from clipflux.data import render
 from clipflux.data.render import BACKGROUNDS, COLORS, POSITIONS, SIZES
-from clipflux.data.world import Sample
+from clipflux.data.spec import Sample
 
 KNOWN_SHAPES = ["circle", "square", "triangle", "diamond", "cross", "ring", "star", "bar"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from clipflux.data import render
 from clipflux.data.pool import KNOWN_SHAPES, pick
 from clipflux.data.render import BACKGROUNDS, COLORS
-from clipflux.data.world import DatasetSpec, Sample
+from clipflux.data.spec import DatasetSpec, Sample
 
 STEPS = ["2014-2016", "2017", "2018", "2019", "2020", "2021"]
 FIRST_YEARS = (2014, 2015, 2016)

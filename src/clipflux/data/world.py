@@ -1,84 +1,26 @@
-"""The synthetic world: what a dataset is, how one sample is drawn, and the whole world by name.
+"""The synthetic world: every dataset by name, and how one split of a dataset is generated.
 
-Every sample is a pure function of `(world seed, dataset, split, index)`: its generator is derived from
-those four numbers, so datasets can be generated in any order, in parallel, or one sample at a time,
-and always come out the same.
-
-The FiF-style datasets (a captioned pretraining pool, adaptation datasets, evaluation-only datasets) are
-defined in `clipflux.data.fif`, the TiC-style time-ordered world in `clipflux.data.tic`.
+`generate_world` writes it to data/raw (the download stage). The FiF-style datasets (a captioned pretraining
+pool, adaptation datasets, evaluation-only datasets) are defined in `clipflux.data.fif`, the TiC-style
+time-ordered world in `clipflux.data.tic`; what a dataset is, in `clipflux.data.spec`.
 """
 
 from __future__ import annotations
 
-import zlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 
-Role = Literal["pretraining", "adaptation", "evaluation", "tic"]
-Task = Literal["captions", "classification", "retrieval"]
-SPLIT_IDS = {"train": 0, "test": 1}
-ROLE_SPLITS = {"pretraining": ("train",), "adaptation": ("train", "test"), "evaluation": ("test",)}
-
-# A sample: (image, caption, class index or -1, extra metadata).
-Sample = tuple[np.ndarray, str, int, dict]
-Maker = Callable[[int, int, str, np.random.Generator], Sample]
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    """What a dataset is: its role in the study, its classes, prompt templates and how to draw a sample.
-
-    Attributes:
-        name: the dataset's name (a folder under data/raw and data/shards).
-        role: "pretraining" (the pool), "adaptation" (streamed, counts in A_KA), "evaluation" (evaluation
-            only, counts in A_ZS) or "tic" (the time-ordered world).
-        task: "captions" (pool), "classification" (zero-shot accuracy) or "retrieval" (image-caption
-            recall; its classes, if any, are topics to stream by).
-        classes: class names (or stream topics); empty for unlabelled caption sets.
-        templates: zero-shot prompt templates with `{}` for the class name.
-        shift: what kind of shift the dataset stands for (its dataset card says so).
-        make: draws one sample: (image size, label, split, generator) -> (image, caption, label, meta).
-        splits: which splits exist; by default from the role.
-        size_factor: samples per split relative to the `world` counts (per class, or x8 when unlabelled).
-    """
-
-    name: str
-    role: Role
-    task: Task
-    classes: tuple[str, ...]
-    templates: tuple[str, ...]
-    shift: str
-    make: Maker
-    splits: tuple[str, ...] = ()
-    size_factor: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.splits:
-            object.__setattr__(self, "splits", ROLE_SPLITS[self.role])
-
-    def card(self) -> dict:
-        """The JSON-serialisable description of this dataset (its dataset card, without counts)."""
-        return {
-            "name": self.name,
-            "role": self.role,
-            "task": self.task,
-            "classes": list(self.classes),
-            "templates": list(self.templates),
-            "shift": self.shift,
-        }
-
-
-def sample_rng(seed: int, dataset: str, split: str, index: int) -> np.random.Generator:
-    """The generator of one sample, derived from (seed, dataset, split, index)."""
-    return np.random.default_rng([seed, zlib.crc32(dataset.encode()), SPLIT_IDS[split], index])
+from clipflux.config import WorldConfig
+from clipflux.data import fif, tic
+from clipflux.data.pipeline import write_json
+from clipflux.data.spec import DatasetSpec, sample_rng
 
 
 def build_world() -> dict[str, DatasetSpec]:
     """Every dataset of the embedded default, by name: the FiF-style world and the TiC-style world."""
-    from clipflux.data import fif, tic
-
     specs = fif.datasets() + tic.datasets()
     return {s.name: s for s in specs}
 
@@ -113,3 +55,42 @@ def generate(spec: DatasetSpec, split: str, count: int, size: int, seed: int) ->
             }
         )
     return images, records
+
+
+def _counts(cfg: WorldConfig, spec: DatasetSpec, split: str) -> int:
+    """Samples per class (or in all, for unlabelled sets) of one split, from the world's counts."""
+    if spec.role == "pretraining":
+        return max(1, round(cfg.pool_size * cfg.scale))
+    per_class = cfg.train_per_class if split == "train" else cfg.test_per_class
+    return max(1, round(per_class * cfg.scale * spec.size_factor * (1 if spec.classes else 8)))
+
+
+def generate_world(cfg: WorldConfig, raw_dir: str | Path, progress: bool = True) -> list[str]:
+    """Generate every dataset of the synthetic world into `raw_dir` (the download stage).
+
+    Args:
+        cfg: the `world` section of params.
+        raw_dir: the output folder; replaced as a whole.
+        progress: show a progress bar per dataset.
+
+    Returns:
+        The dataset names, in generation order.
+    """
+    raw_dir = Path(raw_dir)
+    if raw_dir.exists():
+        shutil.rmtree(raw_dir)
+    names = []
+    for spec in build_world().values():
+        out = raw_dir / spec.name
+        out.mkdir(parents=True)
+        write_json(out / "card.json", spec.card())
+        for split in spec.splits:
+            count = _counts(cfg, spec, split)
+            images, records = generate(spec, split, count, cfg.image_size, cfg.seed)
+            np.save(out / f"{split}.npy", images)
+            with open(out / f"{split}.jsonl", "w") as f:
+                f.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
+            if progress:
+                print(f"download: {spec.name}/{split}: {len(records)} samples", flush=True)
+        names.append(spec.name)
+    return names

@@ -17,9 +17,27 @@ from clipflux.methods import (  # noqa: F401  (each import registers its method)
     tic_regimes,
     vera,
 )
+from clipflux.config import ConfigError, Params
 from clipflux.methods.base import REGISTRY, Method, TaskContext, method_params, register
 
-__all__ = ["REGISTRY", "Method", "TaskContext", "build_method", "method_params", "register"]
+__all__ = ["REGISTRY", "Method", "TaskContext", "build_method", "check_params", "method_params", "register"]
+
+
+def check_params(params: Params) -> Params:
+    """Check every experiment's method and every `methods.<name>` section against the registry.
+
+    Raises:
+        ConfigError: naming the key, the bad value and what is allowed.
+    """
+    known = sorted(REGISTRY)
+    for name, exp in params.experiments.items():
+        if exp.method not in REGISTRY:
+            raise ConfigError(f"experiments.{name}.method: {exp.method!r} is not allowed; choose one of {known}")
+    for name, hyper in params.methods.items():
+        if name not in REGISTRY:
+            raise ConfigError(f"methods.{name}: {name!r} is not allowed; choose one of {known}")
+        method_params(name, hyper)  # raises ConfigError naming the bad key
+    return params
 
 
 def build_method(name: str, raw_params: dict | None) -> Method:
