@@ -22,7 +22,6 @@ from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
 from clipflux.models import architecture, create_model, load_pretrained, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
-from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
 
 
@@ -62,16 +61,15 @@ def main() -> None:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, build_method("finetune", None), tokenizer, [pool], [index_items(0, pool)],
                           np.empty((0, 2), dtype=np.int64), loop, args.checkpoints, run.log_scalar, config,
-                          run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
-                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
-        continue_run(run, trainer.resume())
+                          flush=run.flush, placement=placement)
+        run.continues(trainer.resume())
         trainer.fit()
         if placement.primary:
             save_weights(model, args.out)
             checkpoint.prune(args.checkpoints, keep=1)  # finished: only the final state stays (DVC caches the folder)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("pretrain", config, work, primary=placement.primary)
+    run_tracked("pretrain", config, work, primary=placement.primary, checkpoints=args.checkpoints)
     distributed.stop(placement)
 
 

@@ -21,7 +21,6 @@ from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method, check_params
 from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
 from clipflux.tracking import configure_torch, environment_info, run_tracked
-from clipflux.tracking.resume import continue_run
 from clipflux.train import Loop, Trainer
 
 
@@ -118,9 +117,8 @@ def train_seed(args, params, seed_index: int, placement, budget: dict) -> None:
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
         trainer = Trainer(model, method, tokenizer, readers, tasks, pool, loop, ckpts, run.log_scalar,
-                          config, run_id={"id": run._id, "uid": run.meta_info["clipflux_uid"]},
-                          flush=run._emit_heartbeat, placement=placement)  # Sacred's own flush to observers
-        continue_run(run, trainer.resume())
+                          config, flush=run.flush, placement=placement)
+        run.continues(trainer.resume())
         trainer.fit(on_task_end=lambda task, m: save_weights(m, kept / f"task_{task + 1:03d}.pt"))
         if placement.primary:
             if out.exists():
@@ -134,7 +132,7 @@ def train_seed(args, params, seed_index: int, placement, budget: dict) -> None:
             checkpoint.prune(ckpts, keep=1)
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("train", config, work, primary=placement.primary)
+    run_tracked("train", config, work, primary=placement.primary, checkpoints=ckpts)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,7 @@ def _work(kill_at: int | None = None, pid: int | None = None, steps: int = 12):
             run.log_scalar("train/loss", 1.0 / (step + 3), step)
             run.log_scalar("train/lr", 1e-3 * step / 7, step)
             if step % 4 == 3:
-                run._emit_heartbeat()  # the trainer's flush before a checkpoint
+                run.flush()  # the trainer's flush before a checkpoint
             if step == kill_at:
                 os.kill(pid, signal.SIGKILL)
         print("trained", steps, "steps")
@@ -221,25 +221,27 @@ def test_omniboard_preload_binds_every_listen_to_loopback():
 
 
 def test_a_resumed_run_truncates_the_run_it_continues_in_both_stores(live, project):
-    # The first run logged steps 0-11 and flushed them all; it is "resumed" from step 6: its entries at
-    # steps >= 6 leave both stores, so the two runs hold each step once.
-    from clipflux.tracking.resume import continue_run
-
+    # The first run logged steps 0-11, flushed them all and died; the next run into the same checkpoint folder
+    # resumes from step 6: it finds the first in the stores (checkpoints hold no run identity), and the first
+    # run's entries at steps >= 6 leave both stores, so the two runs hold each step once.
     first: dict = {}
 
     def killed(run):
-        first["uid"] = run.meta_info["clipflux_uid"]
-        first["id"] = run._id
-        return _work()(run)
+        first["uid"], first["id"] = run.uid, run.id
+        _work()(run)
+        raise RuntimeError("killed after step 11")
 
     def resumed(run):
-        continue_run(run, {"run_id": first["id"], "run_uid": first["uid"], "task": 0, "step": 6, "global_step": 6})
+        run.continues({"task": 0, "step": 6, "global_step": 6})
         for step in range(6, 12):
             run.log_scalar("train/loss", 1.0 / (step + 3), step)
-        return {"resumed_by": run._id}
+        return {"resumed_by": run.id}
 
-    run_tracked("train", {"seed": 0}, killed)
-    second = run_tracked("train", {"seed": 0}, resumed)["resumed_by"]
+    with pytest.raises(RuntimeError):
+        run_tracked("train", {"seed": 0}, killed, checkpoints="checkpoints/x/seed_0")
+    run_tracked("train", {"seed": 0}, lambda run: run.continues({"task": 0, "step": 6, "global_step": 6}) or {},
+                checkpoints="checkpoints/y/seed_0")  # another folder: continues nothing
+    second = run_tracked("train", {"seed": 0}, resumed, checkpoints="checkpoints/x/seed_0")["resumed_by"]
     db = _db(live.port)
     old = db.runs.find_one({"meta.clipflux_uid": first["uid"]})
     assert old["status"] == "INTERRUPTED" and old["resumed_by"] == second
@@ -251,6 +253,8 @@ def test_a_resumed_run_truncates_the_run_it_continues_in_both_stores(live, proje
     assert {name: m["steps"] for name, m in local.items()} == {"train/loss": list(range(6)), "train/lr": list(range(6))}
     assert json.loads((folder / "run.json").read_text())["status"] == "INTERRUPTED"
     new = db.runs.find_one({"_id": second})
-    assert new["info"]["resumed_from"]["run_uid"] == first["uid"]
+    assert new["info"]["resumed_from"]["run_uid"] == first["uid"] and new["info"]["resumed_from"]["run_id"] == first["id"]
+    other = db.runs.find_one({"meta.checkpoints": "checkpoints/y/seed_0"})
+    assert other["info"]["resumed_from"]["run_uid"] is None
     [loss] = list(db.metrics.find({"run_id": second, "name": "train/loss"}))
     assert loss["steps"] == list(range(6, 12))

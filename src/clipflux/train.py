@@ -118,19 +118,19 @@ class Trainer:
         ckpt_dir: where full-state checkpoints go.
         log_scalar: metric sink, e.g. a Sacred run's `log_scalar`.
         fingerprint: the parameters that fix the run; a checkpoint written with others is refused.
-        run_id: the tracking run's {"id", "uid"}, stored in checkpoints so a resumed run can name (and
-            truncate, see `tracking.resume`) the run it continues.
         flush: makes every metric logged so far durable in the tracking store; called before each
             checkpoint, so a run killed later has lost no metric older than its newest checkpoint.
         placement: this process's rank and device (`distributed.start`); by default rank 0 of 1 on the CPU.
 
     Attributes:
-        resumed_from: after `resume` found a checkpoint: {"run_id", "run_uid", "task", "step", "global_step"}.
+        resumed_from: after `resume` found a checkpoint: {"task", "step", "global_step"}. Which tracking run
+            wrote it is the tracking stores' business (`tracking.resume`): a checkpoint holds no run identity,
+            so the same training writes the same bytes.
     """
 
     def __init__(self, model: torch.nn.Module, method: Method, tokenizer: Any, readers: list[ShardReader],
                  tasks: list[np.ndarray], pool: np.ndarray, loop: Loop, ckpt_dir: str | Path,
-                 log_scalar: LogScalar, fingerprint: dict[str, Any], run_id: Any = None,
+                 log_scalar: LogScalar, fingerprint: dict[str, Any],
                  flush: Callable[[], None] | None = None, placement: Placement = Placement()):
         if loop.optim.batch_size % placement.world_size:
             raise ValueError(f"batch size {loop.optim.batch_size} is not divisible by the {placement.world_size} "
@@ -138,7 +138,7 @@ class Trainer:
         self.model, self.method, self.tokenizer = model.to(placement.device), method, tokenizer
         self.readers, self.tasks, self.pool, self.loop = readers, tasks, pool, loop
         self.ckpt_dir, self.log_scalar, self.fingerprint = Path(ckpt_dir), log_scalar, fingerprint
-        self.run_id, self.flush, self.placement = run_id, flush, placement
+        self.flush, self.placement = flush, placement
         self.resumed_from: dict[str, Any] | None = None
         policy, size = method.buffer_policy() or (loop.buffer.policy, loop.buffer.size)
         self.buffer = Buffer(policy, size, loop.seed)
@@ -157,7 +157,6 @@ class Trainer:
         return {
             "task": task,
             "step": step,
-            "run_id": self.run_id,
             "fingerprint": self.fingerprint,
             "model": self.model.state_dict(),
             # A task starts with a fresh optimizer, so a task-boundary checkpoint (step 0) needs none: a
@@ -197,9 +196,7 @@ class Trainer:
         rng = state["rng"]  # one state per rank (a single one in checkpoints written before DDP)
         self._set_rng_state(rng[self.placement.rank] if isinstance(rng, list) else rng)
         task, step = state["task"], state["step"]
-        origin = state["run_id"] or {}
-        self.resumed_from = {"run_id": origin.get("id"), "run_uid": origin.get("uid"), "task": task, "step": step,
-                             "global_step": self._offset(task) + step}
+        self.resumed_from = {"task": task, "step": step, "global_step": self._offset(task) + step}
         if step > 0:  # mid-task: the optimizer of this task exists already
             self._new_optimizer()
             self.optimizer.load_state_dict(state["optimizer"])

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from sacred.observers import FileStorageObserver, MongoObserver
 from sacred.utils import apply_backspaces_and_linefeeds
 
-from clipflux.tracking.resume import truncate_database, truncate_folder
+from clipflux.tracking.resume import (predecessor_in_database, predecessor_in_folder, truncate_database,
+                                      truncate_folder)
 from clipflux.tracking.store import Store, redact
 
 MAX_OUTPUT_LINES = 2000
@@ -94,6 +95,11 @@ class LocalFileObserver(FileStorageObserver):
         with self._lock:
             truncate_folder(Path(self.basedir), uid, below, resumed_by)
 
+    def find_predecessor(self, checkpoints: str, own: str | None) -> dict[str, Any] | None:
+        """The newest unfinished run here that trained into `checkpoints` (see `tracking.resume`)."""
+        with self._lock:
+            return predecessor_in_folder(Path(self.basedir), checkpoints, own)
+
 
 @_serialised
 class ResilientMongoObserver(MongoObserver):
@@ -129,6 +135,10 @@ class ResilientMongoObserver(MongoObserver):
     def truncate_run(self, uid: str, below: int, resumed_by: Any) -> None:
         """Drop the entries at step >= `below` of the earlier run `uid` (see `tracking.resume`)."""
         self._guard("truncate_run", lambda: truncate_database(self.runs.database, uid, below, resumed_by))
+
+    def find_predecessor(self, checkpoints: str, own: str | None) -> dict[str, Any] | None:
+        """The newest unfinished run in the database that trained into `checkpoints` (see `tracking.resume`)."""
+        return self._guard("find_predecessor", lambda: predecessor_in_database(self.runs.database, checkpoints, own))
 
     def save(self) -> None:
         # Sacred's save() silently skips a heartbeat when the server is gone; raise so the guard notices.

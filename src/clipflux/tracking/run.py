@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from clipflux.tracking import lineage
+from clipflux.tracking.resume import continue_run
 from clipflux.tracking.store import StoreError, project_root, redact
 
 T = TypeVar("T")
@@ -43,25 +44,47 @@ def global_seed(config: dict[str, Any]) -> int:
     return found[0] if found else 0
 
 
-class UntrackedRun:
-    """What `main` gets instead of a Sacred run on ranks other than 0 of a torchrun job: it records nothing."""
+class Run:
+    """What a stage's work sees of its tracked run: clipflux's interface, with Sacred kept inside this module.
 
-    _id = None
-    observers: tuple = ()
+    On ranks other than 0 of a torchrun job (no Sacred run) it records nothing.
 
-    def __init__(self) -> None:
-        self.info: dict[str, Any] = {}
-        self.meta_info: dict[str, Any] = {"clipflux_uid": None}
+    Attributes:
+        info: the run's `info` (shown in Omniboard); a plain dict on untracked ranks.
+    """
+
+    def __init__(self, sacred_run: Any = None, checkpoints: str | None = None):
+        self._run, self._checkpoints = sacred_run, checkpoints
+        self.info: dict[str, Any] = sacred_run.info if sacred_run is not None else {}
+
+    @property
+    def id(self) -> Any:
+        """The run's id in the stores (None when untracked)."""
+        return self._run._id if self._run is not None else None
+
+    @property
+    def uid(self) -> str | None:
+        """The run's `meta.clipflux_uid`, the same in every store (None when untracked)."""
+        return self._run.meta_info["clipflux_uid"] if self._run is not None else None
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
-        """Rank 0 logs the job's metrics."""
+        """Log one metric value at `step` (rank 0 logs the job's metrics)."""
+        if self._run is not None:
+            self._run.log_scalar(name, value, step)
 
-    def _emit_heartbeat(self) -> None:
-        """Nothing to flush."""
+    def flush(self) -> None:
+        """Make every metric logged so far durable in the stores (called before each checkpoint)."""
+        if self._run is not None:
+            self._run._emit_heartbeat()  # Sacred's own flush to its observers
+
+    def continues(self, resumed_from: dict[str, Any] | None) -> None:
+        """Record where training resumed (None: a fresh start), naming and truncating the run it continues."""
+        if self._run is not None:
+            continue_run(self._run, resumed_from, self._checkpoints)
 
 
-def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], runs_dir: str | Path = RUNS_DIR,
-                primary: bool = True) -> T:
+def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], runs_dir: str | Path = RUNS_DIR,
+                primary: bool = True, checkpoints: str | Path | None = None) -> T:
     """Run `main(run)` as a Sacred run of experiment `clipflux.<stage>`.
 
     The run is observed into `runs_dir/<stage>/<id>/` always, and into MongoDB (CLIPFLUX_MONGO_URL, else the
@@ -72,16 +95,20 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], ru
     Args:
         stage: the stage name (pretrain, train, evaluate).
         config: the run's configuration: its params section plus derived values (plain JSON types).
-        main: the work; receives the Sacred run (for `log_scalar` and `info`) and returns a small JSON-able result.
+        main: the work; receives the `Run` (for `log_scalar`, `info`, `flush`, `continues`) and returns a small
+            JSON-able result.
         runs_dir: root folder of the file observer.
-        primary: False on ranks other than 0 of a torchrun job: `main` then gets an `UntrackedRun`, after the
-            global generators are seeded as Sacred seeds them on rank 0.
+        primary: False on ranks other than 0 of a torchrun job: `main` then gets a `Run` that records nothing,
+            after the global generators are seeded as Sacred seeds them on rank 0.
+        checkpoints: the checkpoint folder the run trains into (`meta.checkpoints`): how a resumed run finds
+            the run it continues (`tracking.resume`).
     """
+    checkpoints = None if checkpoints is None else str(checkpoints)
     if not primary:
         from sacred.randomness import set_global_seed
 
         set_global_seed(global_seed(config))
-        return main(UntrackedRun())
+        return main(Run())
     from sacred import Experiment
 
     from clipflux.tracking.observers import LocalFileObserver, bounded_output
@@ -101,7 +128,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], ru
 
     @ex.main
     def _main(_run):
-        result["value"] = main(_run)
+        result["value"] = main(Run(_run, checkpoints))
         try:
             _run.info["lineage"]["outputs"] = lineage.dvc_outputs(root, address)
         except Exception as err:  # the work is done; a missing record must not fail it
@@ -113,7 +140,8 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Any], T], ru
         if mongo is not None:
             ex.observers.append(mongo)
         run = ex.run(options={"--capture": "sys"}, info=info,
-                     meta_info={"clipflux_uid": uuid.uuid4().hex, "stage": stage, "dvc_stage": address})
+                     meta_info={"clipflux_uid": uuid.uuid4().hex, "stage": stage, "dvc_stage": address,
+                                "checkpoints": checkpoints})
     if mongo is not None and mongo.failure:
         print(f"clipflux: run {run._id} is in {local_copy} but not (fully) in MongoDB: "
               "run `clipflux tracking upload` once MongoDB is back", file=sys.stderr)
