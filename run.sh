@@ -2,7 +2,8 @@
 # clipflux's one entry point. It creates .venv from pyproject.toml + constraints.txt when missing or stale
 # (idempotent: a second call reuses it), then runs what you ask:
 #   ./run.sh repro [dvc repro args]   the main job: the whole DVC pipeline on the embedded default
-#   ./run.sh test  [pytest args]      the test suite
+#   ./run.sh test  [pytest args]      the fast test tier (unit, property, in-process resume; not e2e or slow)
+#   ./run.sh test-all [pytest args]   every test (CI): also real SIGKILLs, torchrun, the pipelines, the browser
 #   ./run.sh setup                    only set up the environment
 #   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh dvc dag)
 set -euo pipefail
@@ -21,15 +22,16 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 command=${1:-}
 # The test suite drives Omniboard in headless Chromium: Debian's chromium and chromium-driver (once).
-if [ "$command" = test ] || [ "$command" = setup ]; then
+if [ "$command" = test-all ] || [ "$command" = setup ]; then
   tools/install-browser.sh
 fi
 
 [ $# -gt 0 ] && shift
 case "$command" in
   repro) exec dvc repro "$@" ;;
-  test) exec python -m pytest "$@" ;;
+  test) exec python -m pytest -m "not e2e and not slow" "$@" ;;
+  test-all) exec python -m pytest "$@" ;;
   setup) echo "environment ready: $PWD/.venv" ;;
-  "") echo "usage: ./run.sh repro|test|setup|<command>" >&2; exit 2 ;;
+  "") echo "usage: ./run.sh repro|test|test-all|setup|<command>" >&2; exit 2 ;;
   *) exec "$command" "$@" ;;
 esac

@@ -79,7 +79,7 @@ def train_seed(args, params, seed_index: int, placement, budget: dict) -> None:
     steps = budget["steps_per_task"]
     budget |= {"steps_by_task": [method.steps_for_task(t, steps) for t in range(len(tasks))], "init": exp.init}
     print(f"train {args.experiment} (seed {seed_index}): {exp.method} trains {steps} steps per task "
-          f"(budget: {budget['measure']}; from the {'base model' if exp.init == 'base' else 'a random init'})")
+          f"(budget: {budget['measure']}; from {'the base model' if exp.init == 'base' else 'a random initialisation'})")
     config = {
         "experiment": args.experiment,
         "seed_index": seed_index,

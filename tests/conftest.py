@@ -21,6 +21,11 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 torch.set_num_threads(2)
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    """The two markers that `./run.sh test` (the fast tier) leaves out and `./run.sh test-all` runs."""
+    config.addinivalue_line("markers", "slow: starts processes to kill them, torchrun or a browser (test-all only)")
 TINY_WORLD = WorldConfig(seed=0, scale=0.1, image_size=32, pool_size=2000, train_per_class=40,
                          test_per_class=20, shard_size=64)
 

@@ -125,7 +125,7 @@ def _finetune_params() -> list[torch.nn.Parameter]:
 @pytest.mark.parametrize("on", ["matrices", "all"])
 def test_weight_decay_groups(on):
     params = _finetune_params()
-    optimizer = new_optimizer(params, dataclasses.replace(BASE, weight_decay_on=on), torch.device("cpu"))
+    optimizer = new_optimizer(params, dataclasses.replace(BASE, weight_decay_on=on))
     matrices, rest = optimizer.param_groups
     assert all(p.ndim >= 2 for p in matrices["params"]) and all(p.ndim < 2 for p in rest["params"])
     assert len(matrices["params"]) + len(rest["params"]) == len(params) and rest["params"]
@@ -141,7 +141,7 @@ def test_weight_decay_groups(on):
 
 
 def test_default_optimizer_is_torch_adamw_as_pretraining_used_it():
-    group = new_optimizer(_finetune_params(), BASE, torch.device("cpu")).param_groups[0]
+    group = new_optimizer(_finetune_params(), BASE).param_groups[0]
     defaults = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))]).defaults
     assert (group["betas"], group["eps"]) == (defaults["betas"], defaults["eps"])
 
@@ -149,9 +149,14 @@ def test_default_optimizer_is_torch_adamw_as_pretraining_used_it():
 # -- per-experiment overrides ----------------------------------------------------------------------
 
 
-def _params(tmp_path, overrides: dict, train_optim: dict | None = None):
+def _params(tmp_path, overrides: dict, train_optim: dict | None = None, measure: str = "samples"):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["experiments"]["tic_sequential"]["optim"] = overrides
+    raw["streams"]["tic"]["measure"] = measure
+    if measure != "samples":  # only tic_sequential keeps its own batch size
+        for name, exp in raw["experiments"].items():
+            if name != "tic_sequential":
+                exp.get("optim", {}).pop("batch_size", None)
     raw["train"]["optim"].update(train_optim or {})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
@@ -166,20 +171,30 @@ def test_experiment_overrides_reach_the_optimizer(tmp_path):
         (0.9, 0.98, 1e-6, 0.0, 0.0)
     assert optim.lr == params.train.optim.lr  # what is not overridden comes from train.optim
     assert params.train_for("finetune") == params.train  # experiments without overrides are unchanged
-    group = new_optimizer(_finetune_params(), optim, torch.device("cpu")).param_groups[0]
+    group = new_optimizer(_finetune_params(), optim).param_groups[0]
     assert (group["betas"], group["eps"]) == ((0.9, 0.98), 1e-6)
+
+
+def test_a_budget_in_samples_allows_its_own_batch_size(tmp_path):
+    """TiC counts its budget in samples, so its experiments may train at another batch size (the steps follow)."""
+    params = _params(tmp_path, {"batch_size": 32})
+    assert params.train_for("tic_sequential").optim.batch_size == 32
+    assert params.train_for("finetune").optim.batch_size == params.train.optim.batch_size
+    with pytest.raises(ConfigError) as err:  # in FLOPs, the batch size fixes the budget: one for all
+        _params(tmp_path, {"batch_size": 32}, measure="maf")
+    assert str(err.value).startswith("experiments.tic_sequential.optim.batch_size: the batch size is shared by "
+                                     "every experiment whose budget is in FLOPs")
 
 
 @pytest.mark.parametrize(
     ("overrides", "train_optim", "expected"),
     [
         ({"beta3": 0.9}, None, "experiments.tic_sequential.optim.beta3: unknown key; allowed keys here are ["
-                               "'beta1', 'beta2', 'clip_grad_norm', 'eps', 'lr', 'min_lr_share', 'warmup_after_first', "
+                               "'batch_size', 'beta1', 'beta2', 'clip_grad_norm', 'eps', 'lr', 'min_lr_share', 'warmup_after_first', "
                                "'warmup_share', 'warmup_steps', 'weight_decay', 'weight_decay_on']"),
         ({"beta2": 1.5}, None, "experiments.tic_sequential.optim.beta2: must be in [0, 1), got 1.5"),
         ({"eps": "1e-6"}, None, "experiments.tic_sequential.optim.eps: expected float, got '1e-6' (str)"),
         ({"weight_decay_on": "some"}, None, "experiments.tic_sequential.optim.weight_decay_on: 'some' is not allowed"),
-        ({"batch_size": 32}, None, "experiments.tic_sequential.optim.batch_size: the batch size is shared"),
         ({"warmup_share": 0.1}, {"warmup_steps": 4, "warmup_share": None},
          "experiments.tic_sequential.optim.warmup_steps: 4 and warmup_share"),
         ({}, {"warmup_after_first": 1.0}, "train.optim.warmup_after_first: must be in [0, 1), got 1.0"),

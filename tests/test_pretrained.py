@@ -88,3 +88,16 @@ def test_offline_without_the_weights_names_the_file_to_provide(tmp_path):
     proc = _pretrain(tmp_path, {"name": "ViT-B-32", "pretrained": "no_such_tag", "cache_dir": None})
     assert "'no_such_tag' is neither a checkpoint file nor a weight tag of ViT-B-32" in proc.stderr
     assert "laion2b_s34b_b79k" in proc.stderr
+
+
+def test_building_a_model_logs_no_warning_and_importing_clipflux_no_deprecation():
+    """A stage's log stays quiet: no "No pretrained weights loaded" from open_clip (clipflux loads weights
+    itself), no deprecation warnings of Sacred (pkg_resources) or fvcore (torch.jit.script) on import."""
+    import subprocess
+    import sys
+
+    code = ("import clipflux.tracking, clipflux.budget; from clipflux.config import ModelConfig; "
+            "from clipflux.models import create_model; create_model(ModelConfig('clipflux-tiny-rn', None, None))")
+    proc = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""

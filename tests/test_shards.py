@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import webdataset as wds
 
 from clipflux.data.pipeline import load_datasets, preprocess
 from clipflux.data.world import generate_world
-from clipflux.data.shards import ShardError, ShardReader, sha256_file
+from clipflux.data.shards import ShardError, ShardReader, sha256_file, tar_members
 
 from conftest import TINY_WORLD
 
@@ -62,3 +66,47 @@ def test_corrupt_shard_is_detected(tiny_shards, tmp_path):
     shard.unlink()
     with pytest.raises(ShardError, match="missing"):
         ShardReader(copy, "train")
+
+
+_names = st.text(st.characters(min_codepoint=33, max_codepoint=0x2FF, exclude_characters="/\\"), min_size=1,
+                 max_size=150)
+
+
+def _tar(members, fmt) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=fmt) as tar:
+        for name, size in members:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(bytes(range(256)) * (size // 256 + 1)))
+    return buffer.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(members=st.lists(st.tuples(_names, st.integers(0, 2000)), max_size=8),
+       fmt=st.sampled_from([tarfile.PAX_FORMAT, tarfile.GNU_FORMAT, tarfile.USTAR_FORMAT]))
+def test_tar_index_agrees_with_tarfile(tmp_path_factory, members, fmt):
+    """Names (long, non-ASCII), data offsets and sizes as `tarfile` reads them, in pax, GNU and ustar tars."""
+    try:
+        data = _tar(members, fmt)
+    except ValueError:  # ustar cannot hold the name: nothing to compare
+        return
+    path = tmp_path_factory.mktemp("tar") / "t.tar"
+    path.write_bytes(data)
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    assert tar_members(path) == expected
+
+
+def test_tar_index_leaves_a_bad_header_to_tarfile(tmp_path):
+    """A header whose checksum does not match is not trusted: the index is tarfile's (which ends the archive
+    there; a shard's sha256 in its manifest is what catches the damage, see test_corrupt_shard_is_detected)."""
+    data = bytearray(_tar([("a.txt", 10), ("b.txt", 10)], tarfile.PAX_FORMAT))
+    second = data.index(b"b.txt") - (data.index(b"b.txt") % 512)
+    data[second + 1] ^= 0xFF  # inside the second member's name: the stored checksum no longer matches
+    path = tmp_path / "bad.tar"
+    path.write_bytes(bytes(data))
+    with tarfile.open(path) as tar:
+        expected = [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+    assert [name for name, _, _ in expected] == ["a.txt"]
+    assert tar_members(path) == expected

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from clipflux.data import commands as data_commands
 from clipflux.data.cards import write_cards
-from clipflux.data.stream_files import write_streams
+from clipflux.stream_files import write_streams
 from clipflux.tracking import commands as tracking_commands
 
 

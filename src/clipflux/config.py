@@ -352,10 +352,13 @@ class Params:
             ConfigError: an override names an unknown key (or the shared batch size) or has an invalid value.
         """
         where, overrides = f"experiments.{experiment}.optim", self.experiments[experiment].optim
-        if "batch_size" in overrides:
-            raise ConfigError(f"{where}.batch_size: the batch size is shared by every experiment (it fixes the "
-                              "compute budget); set train.optim.batch_size")
-        allowed = [name for name in _field_names(OptimConfig) if name != "batch_size"]
+        stream = self.experiments[experiment].stream
+        counts_samples = (self.streams[stream].measure or self.budget.measure) == "samples"
+        if "batch_size" in overrides and not counts_samples:  # a budget in samples holds at any batch size
+            raise ConfigError(f"{where}.batch_size: the batch size is shared by every experiment whose budget is "
+                              f"in FLOPs (it fixes the compute budget); set train.optim.batch_size, or "
+                              f"streams.{stream}.measure: samples")
+        allowed = [name for name in _field_names(OptimConfig) if counts_samples or name != "batch_size"]
         unknown = sorted(set(overrides) - set(allowed))
         if unknown:
             raise ConfigError(f"{where}.{unknown[0]}: unknown key; allowed keys here are {sorted(allowed)}")

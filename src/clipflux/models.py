@@ -8,7 +8,9 @@ downloaded from the hub when the network allows. Offline and not cached, the err
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import os
 from pathlib import Path
 
@@ -40,8 +42,21 @@ def create_model(cfg: ModelConfig) -> tuple[open_clip.CLIP, open_clip.tokenizer.
     known = open_clip.list_models()
     if cfg.name not in known:
         raise ValueError(f"model.name: {cfg.name!r} is not an open_clip architecture; add configs/models/{cfg.name}.json or choose one of {known[:8]}...")
-    model = open_clip.create_model(cfg.name, pretrained=None, device="cpu")
+    with _quiet_root_logger():  # open_clip warns "No pretrained weights loaded": clipflux loads them itself
+        model = open_clip.create_model(cfg.name, pretrained=None, device="cpu")
     return model, open_clip.get_tokenizer(cfg.name)
+
+
+@contextlib.contextmanager
+def _quiet_root_logger():
+    """Silence warnings on the root logger (where open_clip's factory logs) for the duration."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
 
 
 class PretrainedError(RuntimeError):

@@ -379,7 +379,7 @@ def _budget_section(evaluations: list[dict]) -> list[str]:
     budgets = [(e, e["budget"]) for e in evaluations if e.get("budget")]
     if not budgets:
         return []
-    lines = ["", "Compute budget per task (README: Compute budgets): each method trains the most steps whose cost fits",
+    lines = ["", "Compute budget per task (docs/budgets.md): each method trains the most steps whose cost fits",
              "what full finetuning spends on `train.samples_per_task` samples; cost = GFLOPs (FiF's count, 2 per",
              "multiply-add; the method's extra work such as EWC's Fisher amortised per sample), times memory",
              "relative to full finetuning for MAF.", "",

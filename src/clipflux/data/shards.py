@@ -161,6 +161,77 @@ def load_manifest(shard_dir: str | Path) -> dict:
         return json.load(f)
 
 
+def tar_members(path: str | Path) -> list[tuple[str, int, int]]:
+    """(name, data offset, size) of each regular file in a tar, in order: what `tarfile` gives as
+    (name, offset_data, size), read from the 512-byte headers directly (4x faster: the default world's
+    127,350 members in 1.4 s instead of 5.9 s, paid at every stage start). ustar, pax ('x'/'g') and GNU
+    long-name ('L') headers are understood; anything else (a bad checksum, a sparse file, ...) is left to
+    `tarfile`, which reads every tar and raises its own error."""
+    data = Path(path).read_bytes()
+    members, pending, pos, headers, checksums = [], {}, 0, [], []
+    while pos + 512 <= len(data):
+        header = data[pos:pos + 512]
+        if header == bytes(512):  # end of archive
+            return members if _checksums_match(data, headers, checksums) else _tarfile_members(path)
+        try:
+            checksums.append(int(header[148:156].split(b"\0")[0].strip() or b"-1", 8))
+            size = int(header[124:136].split(b"\0")[0].strip() or b"0", 8)
+        except ValueError:
+            return _tarfile_members(path)
+        if header[124] & 0x80:  # base-256 size
+            return _tarfile_members(path)
+        headers.append(pos)
+        kind, start = header[156:157], pos + 512
+        body = data[start:start + size]
+        pos = start + (size + 511) // 512 * 512
+        if kind == b"x":
+            pending.update(_pax_records(body))
+        elif kind == b"L":
+            pending["path"] = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
+        elif kind == b"g":
+            continue
+        elif kind in (b"0", b"\0", b"7"):
+            name = pending.pop("path", None)
+            if name is None:
+                name = header[0:100].split(b"\0")[0].decode("utf-8", "surrogateescape")
+                if header[257:262] == b"ustar" and header[345:500].split(b"\0")[0]:
+                    name = header[345:500].split(b"\0")[0].decode("utf-8", "surrogateescape") + "/" + name
+            if "size" in pending:  # a pax size overrides the header's (files over 8 GiB)
+                return _tarfile_members(path)
+            members.append((name, start, size))
+            pending = {}
+        elif kind in (b"1", b"2", b"3", b"4", b"5", b"6"):
+            pending = {}
+        else:
+            return _tarfile_members(path)
+    return members
+
+
+def _checksums_match(data: bytes, headers: list[int], checksums: list[int]) -> bool:
+    """Each header's stored checksum is the sum of its bytes with the checksum field read as spaces."""
+    if not headers:
+        return True
+    blocks = np.frombuffer(data, dtype=np.uint8)[np.asarray(headers)[:, None] + np.arange(512)].astype(np.int64)
+    sums = blocks.sum(axis=1) - blocks[:, 148:156].sum(axis=1) + 8 * 32
+    return bool(np.array_equal(sums, np.asarray(checksums)))
+
+
+def _pax_records(body: bytes) -> dict[str, str]:
+    """The "length key=value\\n" records of a pax extended header."""
+    records, pos = {}, 0
+    while pos < len(body) and body[pos:pos + 1] != b"\0":
+        length = int(body[pos:body.index(b" ", pos)])
+        key, _, value = body[body.index(b" ", pos) + 1:pos + length - 1].partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def _tarfile_members(path: str | Path) -> list[tuple[str, int, int]]:
+    with tarfile.open(path) as tar:
+        return [(m.name, m.offset_data, m.size) for m in tar if m.isfile()]
+
+
 @dataclass(frozen=True)
 class Entry:
     """Where one sample's members live inside a tar file."""
@@ -193,10 +264,9 @@ class ShardReader:
 
     def _index(self, file: str) -> None:
         grouped: dict[str, dict[str, tuple[int, int]]] = {}
-        with tarfile.open(self.shard_dir / file) as tar:
-            for member in tar:
-                key, _, ext = member.name.partition(".")
-                grouped.setdefault(key, {})[ext] = (member.offset_data, member.size)
+        for name, offset, size in tar_members(self.shard_dir / file):
+            key, _, ext = name.partition(".")
+            grouped.setdefault(key, {})[ext] = (offset, size)
         for key, members in grouped.items():
             self.keys.append(key)
             self.entries.append(Entry(file, members))
