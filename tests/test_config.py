@@ -22,7 +22,13 @@ def _write(tmp_path, mutate) -> str:
 def test_shipped_params_load():
     params = load_params(REPO / "params.yaml")
     assert params.world.image_size == 32
-    assert set(params.experiments) <= set(params.experiments)
+    # The default study (README): one method per FiF family with FiF's mixture, the no-replay ablation, and TiC's
+    # regimes. A set compared with itself stood here before; this one fails when the study loses an experiment.
+    assert set(params.experiments) == {
+        "finetune", "lora", "lnfit", "ewc", "ema", "paint", "finetune_no_replay", "tic_oracle", "tic_sequential",
+        "tic_cumulative_all", "tic_cumulative_exp", "tic_lwf", "tic_patching"}
+    fif = {name: exp for name, exp in params.experiments.items() if exp.stream == "fif_random"}
+    assert all(exp.mixture.update == 0.34 for name, exp in fif.items() if name != "finetune_no_replay")
     for exp in params.experiments.values():
         assert exp.stream in params.streams
 
