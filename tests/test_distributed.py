@@ -25,6 +25,8 @@ from clipflux.replay import split_batch
 
 from conftest import REPO
 
+pytestmark = pytest.mark.slow  # torchrun with several processes: ./run.sh test-all
+
 BATCH, STEPS, TASKS = 8, 4, 2
 
 

@@ -30,6 +30,8 @@ from clipflux.config import load_params
 
 from conftest import REPO, TINY_WORLD
 
+pytestmark = pytest.mark.slow  # real SIGKILLs of stage processes: ./run.sh test-all
+
 STEPS, TASKS = 6, 2
 TINY = {
     "pretrain": {"samples": 48, "workers": 2, "checkpoint_every": 2,
