@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clipflux.config import MixtureConfig, load_params
+from clipflux.config import load_params
 from clipflux.data.loader import stream_tasks
 from clipflux.data.pipeline import load_datasets
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets
 from clipflux.methods import build_method
 from clipflux.models import create_model, load_weights
 from clipflux.tracking import configure_torch
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 from common import machine, table
 
@@ -68,13 +68,13 @@ def main() -> None:
         for multiple in args.multiples:
             steps = max(1, round(multiple * params.train.samples_per_task / batch))
             optim = dataclasses.replace(params.train.optim, lr=lr, batch_size=batch)
-            loop = Loop(params.train.seed, steps, optim, MixtureConfig(1.0, 0.0, 0.0), 10**9, 1)
+            run = dataclasses.replace(params.train, optim=optim, checkpoint_every=10**9, keep_checkpoints=1)
             load_weights(model, "models/base.pt")
             method = build_method(args.method, params.methods.get(args.method))
             start = time.perf_counter()
             with tempfile.TemporaryDirectory() as checkpoints:
-                trainer = Trainer(model, method, tokenizer, readers, tasks, np.empty((0, 2), np.int64), loop,
-                                  checkpoints, lambda *_: None, {})
+                trainer = Trainer(model, method, tokenizer, readers, tasks, np.empty((0, 2), np.int64), run,
+                                  steps, checkpoints, lambda *_: None, {})
                 trainer.fit()
             seconds = time.perf_counter() - start
             final = evaluate_state(Evaluator(model, tokenizer, 256), sets, True, desc="final")

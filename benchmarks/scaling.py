@@ -35,7 +35,7 @@ from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model
 from clipflux.tracking import configure_torch
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 from common import machine, table
 
@@ -50,11 +50,10 @@ def worker(shards: Path, threads: int, steps: int, out: Path) -> None:
     tasks = [index_items(0, readers[0]), index_items(1, readers[1])]
     torch.manual_seed(0)
     model, tokenizer = create_model(params.model)
-    loop = Loop(cfg.seed, steps, cfg.optim, MixtureConfig(0.34, 0.33, 0.33), checkpoint_every=steps,
-                workers=cfg.workers)
     with tempfile.TemporaryDirectory() as tmp:
         trainer = Trainer(model, build_method("finetune", None), tokenizer, readers, tasks, index_items(2, readers[2]),
-                          loop, tmp, lambda key, value, step: None, {}, placement=placement)
+                          dataclasses.replace(cfg, checkpoint_every=steps), steps, tmp, lambda key, value, step: None,
+                          {}, mixture=MixtureConfig(0.34, 0.33, 0.33), placement=placement)
         trainer._new_optimizer()
         trainer.buffer.add_task(tasks[0])  # the second task replays the first
         trainer._train_task(1, 0)  # warm-up

@@ -26,12 +26,12 @@ import time
 import numpy as np
 import torch
 
-from clipflux.config import MixtureConfig, ModelConfig, load_params
+from clipflux.config import MixtureConfig, ModelConfig, RunConfig, load_params
 from clipflux.distributed import Placement
 from clipflux.methods import build_method
 from clipflux.models import create_model
 from clipflux.tracking import configure_torch
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 from common import (adamw, bare_open_clip_steps, datasheet_peak, machine, matmul_peak, memory_batches, sync, table,
                     train_step_flops)
@@ -89,13 +89,12 @@ def main() -> None:
     ours, tokenizer = _model(name, device)
     bare, _ = _model(name, device)
     batches = memory_batches(bare, tokenizer, optim.batch_size, device=device)
-    loop = Loop(0, args.steps, optim, MixtureConfig(1.0, 0.0, 0.0), checkpoint_every=args.steps,
-                precision=args.precision, compile=args.compile)
+    run = RunConfig(seed=0, checkpoint_every=args.steps, optim=optim, precision=args.precision, compile=args.compile)
     if args.compile:
         bare.compile()
     with tempfile.TemporaryDirectory() as tmp:
         trainer = MemoryTrainer(ours, build_method("finetune", None), tokenizer, [], [np.zeros((1, 2), np.int64)],
-                                np.empty((0, 2), np.int64), loop, tmp, lambda key, value, step: None, {},
+                                np.empty((0, 2), np.int64), run, args.steps, tmp, lambda key, value, step: None, {},
                                 placement=Placement(device=device))
         trainer.memory = batches
         trainer._new_optimizer()

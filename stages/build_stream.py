@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from clipflux.config import load_params
+from clipflux.errors import reported
 from clipflux.data.pipeline import load_datasets
 from clipflux.streams import keys_by_class, load_stream_file, resolve
 
@@ -28,4 +29,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    reported(main)

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from clipflux.config import load_params
+from clipflux.errors import reported
 from clipflux.data.world import generate_world
 
 
@@ -26,4 +27,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    reported(main)

@@ -4,6 +4,7 @@ index the imported datasets of `data.external` where they are."""
 import argparse
 
 from clipflux.config import load_params
+from clipflux.errors import reported
 from clipflux.data.pipeline import preprocess
 
 
@@ -20,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    reported(main)

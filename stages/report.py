@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from clipflux.config import load_params
+from clipflux.errors import reported
 from clipflux.report import (aggregate_seeds, final_rows, load_evaluations, markdown_summary, plot_final_gm,
                              plot_heatmap, plot_trajectories, trajectory_rows)
 
@@ -35,4 +36,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    reported(main)

@@ -15,12 +15,12 @@ import torch
 import yaml
 
 from clipflux import distributed
-from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model, state_sha256
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 STEPS = 4
 METHOD_PARAMS = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())["methods"]
@@ -52,13 +52,14 @@ def main() -> None:
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
-    loop = Loop(seed=3, steps_per_task=STEPS, optim=OPTIM, mixture=MixtureConfig(0.5, 0.25, 0.25), checkpoint_every=2)
+    run = RunConfig(seed=3, checkpoint_every=2, optim=OPTIM)
     losses: list[float] = []
     method = build_method(args.method, METHOD_PARAMS.get(args.method))
     trainer = RecordingTrainer(model, method, tokenizer, readers, tasks,
-                               index_items(1, readers[1]), loop, args.out / "checkpoints",
+                               index_items(1, readers[1]), run, STEPS, args.out / "checkpoints",
                                lambda key, value, step: losses.append(value) if key == "train/loss" else None,
-                               fingerprint={"method": args.method}, placement=placement)
+                               fingerprint={"method": args.method},
+                               mixture=MixtureConfig(0.5, 0.25, 0.25), placement=placement)
     trainer.seen = []
     trainer.fit()
     record = {"seen": trainer.seen, "losses": losses, "sha256": state_sha256(model.state_dict())}

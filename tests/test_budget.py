@@ -224,7 +224,13 @@ def test_the_budget_command_prints_fifs_table(capsys, monkeypatch):
     assert int(rows["ewc"][6].replace(",", "")) + 98 <= 1420 and float(rows["ewc"][2].replace(",", "")) > float(
         rows["ewc"][1].replace(",", ""))
     with pytest.raises(ConfigError, match="--set ewc: expected METHOD.KEY=VALUE"):
+        cli.run(["budget", "--model", "clipflux-tiny", "--methods", "ewc", "--set", "ewc"])
+    # the command itself reports it in one line, no traceback, exit status 2
+    with pytest.raises(SystemExit) as exit_:
         cli.main(["budget", "--model", "clipflux-tiny", "--methods", "ewc", "--set", "ewc"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("clipflux: error: --set ewc: expected METHOD.KEY=VALUE")
 
 
 def test_ewc_pays_for_its_fisher_from_the_budget(tiny):

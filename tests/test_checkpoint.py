@@ -39,3 +39,37 @@ def test_fingerprint_mismatch_names_the_keys():
     with pytest.raises(CheckpointError, match="lr: checkpoint 0.1 vs now 0.2"):
         checkpoint.check_fingerprint({"lr": 0.1, "seed": 0}, {"lr": 0.2, "seed": 0})
     checkpoint.check_fingerprint({"lr": 0.1}, {"lr": 0.1})
+
+
+def _finished_run(folder: checkpoint.Checkpoints, tasks: int) -> None:
+    for task in range(1, tasks + 1):
+        folder.weights_of(task).parent.mkdir(parents=True, exist_ok=True)
+        torch.save({"w": torch.full((2,), float(task))}, folder.weights_of(task))
+        folder.save(task, 0, {"task": task, "step": 0, "fingerprint": {"lr": 0.1}})
+
+
+def test_the_folder_lifecycle_hands_weights_over_and_keeps_only_the_final_state(tmp_path):
+    folder = checkpoint.Checkpoints(tmp_path / "ckpt", keep=2)
+    _finished_run(folder, 3)
+    folder.begin(3, start_over=False)  # finished, weights still kept (not yet handed over): resumable as it is
+    assert folder.resumable(3, {"lr": 0.1})["task"] == 3
+    out = tmp_path / "out"
+    folder.finish({out / "task_002.pt": 2, out / "task_003.pt": 3}, {out / "budget.json": "{}\n"})
+    assert sorted(p.name for p in out.iterdir()) == ["budget.json", "task_002.pt", "task_003.pt"]
+    assert torch.load(out / "task_002.pt")["w"].tolist() == [2.0, 2.0]
+    assert not folder.weights.exists() and [p.name for p in folder.directory.glob("ckpt-*.pt")] == [
+        "ckpt-0003-00000000.pt"]
+    # A rerun of a finished run (DVC removed its outputs) trains again from the start.
+    folder.begin(3, start_over=False)
+    assert folder.resumable(3, {"lr": 0.1}) is None
+
+
+def test_an_unfinished_run_is_kept_unless_starting_over_and_a_finished_one_with_other_params_is_history(tmp_path):
+    folder = checkpoint.Checkpoints(tmp_path / "ckpt")
+    _finished_run(folder, 2)
+    folder.begin(5, start_over=False)  # 2 of 5 tasks: resumed
+    assert folder.resumable(5, {"lr": 0.2})["task"] == 2  # the trainer refuses it, naming lr
+    folder.begin(5, start_over=True)
+    assert folder.resumable(5, {"lr": 0.1}) is None
+    _finished_run(folder, 2)
+    assert folder.resumable(2, {"lr": 0.2}) is None and not folder.directory.exists()

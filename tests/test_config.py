@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import yaml
 
@@ -69,3 +72,18 @@ def test_stage_stops_before_work_on_bad_params(tmp_path):
     assert proc.returncode != 0
     assert "world.scale: must be > 0, got -1" in proc.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("stage, args", [
+    ("train", ["--experiment", "finetune", "--shards", "s", "--stream", "s.json", "--base", "b.pt", "--out", "o",
+               "--checkpoints", "c"]),
+    ("download", ["--out", "o"]),
+])
+def test_a_stage_reports_a_bad_parameter_in_one_line_and_writes_nothing(tmp_path, stage, args):
+    _write(tmp_path, lambda raw: raw["train"].update(threads=0))
+    proc = subprocess.run([sys.executable, str(REPO / "stages" / f"{stage}.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines()[-1].endswith(": error: train.threads: must be > 0, got 0"), proc.stderr
+    assert len(proc.stderr.splitlines()) == 1, proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]

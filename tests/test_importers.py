@@ -14,7 +14,7 @@ import torch
 import webdataset as wds
 from PIL import Image
 
-from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data import layouts
 from clipflux.data.importers import DatasetImportError, ImportSpec, write_dataset
 from clipflux.data.loader import index_items, stream_tasks
@@ -24,7 +24,7 @@ from clipflux.data.timesteps import TimeStepError, from_id_lists, from_specs, pa
 from clipflux.methods import build_method
 from clipflux.models import create_model, state_sha256
 from clipflux.streams import resolve
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
 
@@ -202,10 +202,11 @@ def test_imported_datasets_train_through_the_index(fixtures, tmp_path):
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
     before = state_sha256(model.state_dict())
     optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=1, clip_grad_norm=1.0, batch_size=8)
-    loop = Loop(seed=0, steps_per_task=3, optim=optim, mixture=MixtureConfig(0.5, 0.25, 0.25), checkpoint_every=2)
+    run = RunConfig(seed=0, checkpoint_every=2, optim=optim)
     losses = []
     trainer = Trainer(model, build_method("finetune", None), tokenizer, readers, tasks, index_items(2, readers[2]),
-                      loop, tmp_path / "ckpt", lambda k, v, s: losses.append(v) if k == "train/loss" else None, {"x": 1})
+                      run, 3, tmp_path / "ckpt", lambda k, v, s: losses.append(v) if k == "train/loss" else None,
+                      {"x": 1}, mixture=MixtureConfig(0.5, 0.25, 0.25))
     trainer.fit()
     assert len(losses) == 6 and all(np.isfinite(losses)) and state_sha256(model.state_dict()) != before
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from clipflux.config import ConfigError, MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import ConfigError, MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
 from clipflux.methods import REGISTRY, TaskContext, build_method, merging
@@ -17,7 +17,7 @@ from clipflux.methods.base import clip_loss
 from clipflux.methods.lwf import similarity_kl
 from clipflux.methods.weights import snapshot
 from clipflux.models import create_model, image_size, state_sha256
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 
 from conftest import REPO
 
@@ -51,11 +51,10 @@ def _trainer(shards, ckpt_dir, log, name: str, params: dict | None = None, arch:
     items = index_items(0, readers[0])
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
     model, tokenizer = _model(arch)
-    loop = Loop(seed=3, steps_per_task=STEPS, optim=OPTIM, mixture=MixtureConfig(0.5, 0.25, 0.25),
-                checkpoint_every=2)
     method = build_method(name, PARAMS.get(name) if params is None else params)
-    return Trainer(model, method, tokenizer, readers, tasks, index_items(1, readers[1]), loop, ckpt_dir, log,
-                   fingerprint={"method": name})
+    return Trainer(model, method, tokenizer, readers, tasks, index_items(1, readers[1]),
+                   RunConfig(seed=3, checkpoint_every=2, optim=OPTIM), STEPS, ckpt_dir, log,
+                   fingerprint={"method": name}, mixture=MixtureConfig(0.5, 0.25, 0.25))
 
 
 _references: dict[str, dict] = {}

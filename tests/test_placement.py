@@ -8,7 +8,7 @@ import torch
 import yaml
 from torch.nn.utils import parametrize
 
-from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
@@ -16,7 +16,7 @@ from clipflux.methods.adapters import merged_state_dict
 from clipflux.methods.base import clip_loss
 from clipflux.methods.weights import snapshot
 from clipflux.models import create_model, image_size, state_sha256
-from clipflux.train import Loop, Trainer, train_mode
+from clipflux.train import Trainer, train_mode
 
 from conftest import REPO
 
@@ -267,9 +267,9 @@ def _trainer(shards, ckpt_dir, log, name: str, params: dict) -> Trainer:
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny-rn"))
     optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=1, clip_grad_norm=1.0, batch_size=4)
-    loop = Loop(seed=3, steps_per_task=3, optim=optim, mixture=MixtureConfig(0.5, 0.25, 0.25), checkpoint_every=2)
     return Trainer(model, build_method(name, params), tokenizer, readers, [items[:8], items[8:16]],
-                   index_items(1, readers[1]), loop, ckpt_dir, log, fingerprint={"method": name})
+                   index_items(1, readers[1]), RunConfig(seed=3, checkpoint_every=2, optim=optim), 3, ckpt_dir, log,
+                   fingerprint={"method": name}, mixture=MixtureConfig(0.5, 0.25, 0.25))
 
 
 @pytest.mark.parametrize("name, overrides", [("dora", {}), ("lnfit", {"batchnorm": True})])

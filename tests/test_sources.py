@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardError, ShardReader
 from clipflux.data.sources import StreamedShardReader, open_reader
 from clipflux.methods import build_method
 from clipflux.models import create_model, state_sha256
 from clipflux.replay import blocked_permutation
-from clipflux.train import Loop, Trainer
+from clipflux.train import Trainer
 from fileserver import FileServer
 
 
@@ -105,9 +105,9 @@ def _trainer(tiny_shards, pool_reader, ckpt, log):
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
     optim = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=1, clip_grad_norm=1.0, batch_size=8)
-    loop = Loop(seed=1, steps_per_task=4, optim=optim, mixture=MixtureConfig(0.5, 0.0, 0.5), checkpoint_every=2)
     return Trainer(model, build_method("finetune", None), tokenizer, readers, [items[:20], items[20:]],
-                   index_items(1, readers[1]), loop, ckpt, log, {"x": 1})
+                   index_items(1, readers[1]), RunConfig(seed=1, checkpoint_every=2, optim=optim), 4, ckpt, log,
+                   {"x": 1}, mixture=MixtureConfig(0.5, 0.0, 0.5))
 
 
 def test_training_on_a_streamed_pool_is_deterministic_and_resumes_exactly(tiny_shards, pool, tmp_path):

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from clipflux.config import MixtureConfig, ModelConfig, OptimConfig
+from clipflux.config import MixtureConfig, ModelConfig, OptimConfig, RunConfig
 from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model, state_sha256
-from clipflux.train import Loop, Trainer, lr_at
+from clipflux.train import Trainer, lr_at
 
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=2, clip_grad_norm=1.0, batch_size=8)
 # FiF's schedule and weight decay with TiC's AdamW, no clipping and no warmup after the first task.
@@ -30,10 +30,9 @@ def _trainer(shards, ckpt_dir, log, mixture=MixtureConfig(0.5, 0.25, 0.25), work
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
     torch.manual_seed(0)
     model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
-    loop = Loop(seed=3, steps_per_task=5, optim=optim, mixture=mixture, checkpoint_every=2, workers=workers,
-                precision=precision, augment=augment)
+    run = RunConfig(seed=3, checkpoint_every=2, optim=optim, workers=workers, precision=precision, augment=augment)
     return Trainer(model, build_method("finetune", None), tokenizer, readers, tasks, index_items(1, readers[1]),
-                   loop, ckpt_dir, log, fingerprint={"seed": 3})
+                   run, 5, ckpt_dir, log, fingerprint={"seed": 3}, mixture=mixture)
 
 
 def test_training_lowers_the_loss_and_logs_every_step(tiny_shards, tmp_path):

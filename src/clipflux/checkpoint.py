@@ -1,4 +1,5 @@
-"""Full-state checkpoints: written atomically, verified by sha256 on load, the last few kept.
+"""Full-state checkpoints: written atomically, verified by sha256 on load, the last few kept; and the life of a
+run's checkpoint folder (`Checkpoints`), in this one place.
 
 A checkpoint is one `torch.save` file `ckpt-<task>-<step>.pt` plus `<file>.sha256`. Writing goes to a
 temporary file that is fsynced and renamed, and the checksum is written last, so a checkpoint without a
@@ -18,11 +19,12 @@ from typing import Any
 import torch
 
 from clipflux import faults
+from clipflux.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint cannot be used (corrupt, or written with other parameters)."""
 
 
@@ -95,6 +97,63 @@ def clear(directory: str | Path) -> None:
     """Remove a checkpoint folder and everything in it (starting over)."""
     if Path(directory).exists():
         shutil.rmtree(directory)
+
+
+class Checkpoints:
+    """A run's checkpoint folder through its life; every decision about what the folder holds is made here.
+
+    1. `begin` (before training): discard the folder when asked to start over, or when it holds a finished run:
+       a finished run's weights were handed over to its outputs, which DVC removes before it reruns a stage, so
+       a rerun of a finished run trains again from the start.
+    2. `resumable` (the trainer): the newest valid checkpoint to continue from.
+    3. `save` (the trainer): a checkpoint every `checkpoint_every` steps and at each task's end, the newest `keep`
+       kept; `keep_weights`: the weights to evaluate after each task, kept beside the checkpoints
+       (`eval/task_<NNN>.pt`) so that a resumed run still has every earlier task's.
+    4. `finish` (after the last task): the kept weights copied to the run's outputs, then only the final
+       state stays (DVC caches the folder: copies of the outputs would double it).
+
+    Only rank 0 of a torchrun job calls `begin`, `save`, `keep_weights` and `finish`.
+    """
+
+    def __init__(self, directory: str | Path, keep: int = 2):
+        self.directory, self.keep = Path(directory), keep
+        self.weights = self.directory / "eval"
+
+    def begin(self, num_tasks: int, start_over: bool) -> None:
+        """Prepare the folder for a run of `num_tasks` tasks (`start_over`: discard any checkpoint)."""
+        finished = (newest_task(self.directory) or 0) >= num_tasks
+        if start_over or (finished and not self.weights.exists()):
+            clear(self.directory)
+
+    def resumable(self, num_tasks: int, fingerprint: dict[str, Any]) -> dict[str, Any] | None:
+        """The newest valid checkpoint, or None. A finished run written with other parameters is history, not
+        something to resume: the folder is cleared. An unfinished one is returned as it is (the trainer refuses
+        it with `check_fingerprint`, naming the differing parameters)."""
+        state = load_latest(self.directory)
+        if state and state["task"] >= num_tasks and state["fingerprint"] != fingerprint:
+            clear(self.directory)
+            return None
+        return state
+
+    def save(self, task: int, step: int, state: dict[str, Any]) -> Path:
+        """Write the checkpoint of position (task, step), keeping the newest `keep`."""
+        return save(self.directory, task, step, state, keep=self.keep)
+
+    def weights_of(self, task: int) -> Path:
+        """Where the weights evaluated after `task` (1-based; 0: the initial weights) are kept."""
+        return self.weights / f"task_{task:03d}.pt"
+
+    def finish(self, outputs: dict[Path, int], files: dict[Path, str] | None = None) -> None:
+        """Hand the run over to its outputs: copy the kept weights of each task to its path (`outputs`:
+        path -> task), write `files` (path -> text), then keep only the final checkpoint."""
+        for path, text in (files or {}).items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        for path, task in outputs.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.weights_of(task), path)
+        shutil.rmtree(self.weights)
+        prune(self.directory, keep=1)
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:

@@ -8,11 +8,18 @@ from pathlib import Path
 
 from clipflux.data import commands as data_commands
 from clipflux.data.cards import write_cards
+from clipflux.errors import reported
 from clipflux.stream_files import write_streams
 from clipflux.tracking import commands as tracking_commands
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The `clipflux` command: a bad parameter or file ends it with one line naming it (exit status 2)."""
+    reported(lambda: run(argv), "clipflux")
+
+
+def run(argv: list[str] | None = None) -> None:
+    """Parse `argv` (default: the command line) and run the command."""
     parser = argparse.ArgumentParser(prog="clipflux", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     streams = sub.add_parser("write-streams", help="regenerate the stream files of the synthetic world")

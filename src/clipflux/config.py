@@ -17,8 +17,10 @@ from typing import Any, Literal
 
 import yaml
 
+from clipflux.errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A parameter is unknown, missing or invalid."""
 
 
@@ -133,43 +135,47 @@ class OptimConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RuntimeConfig:
-    """How a training stage runs: device, processes, precision, compilation (shared by pretrain and train).
+class RunConfig:
+    """How a training run runs: its seed, optimizer, checkpoints, data loading, device, processes, precision and
+    compilation. Shared by `pretrain` and `train` (each adds how many samples it trains on) and used by the
+    trainer as it is (`clipflux.train.Trainer`).
 
     `nproc` is read by torchrun in `dvc.yaml`; the stage itself takes its rank and world size from torchrun.
     fp32 without compilation on the CPU is the reference; bf16 and `compile` change the numbers a little
     (still the same on every rerun and resume).
     """
 
+    seed: int
+    checkpoint_every: int  # steps between full-state checkpoints
+    optim: OptimConfig
+    threads: int = 1  # torch threads per process
+    workers: int = 0  # data-loader worker processes
+    keep_checkpoints: int = 2  # the newest checkpoints kept while training (one once finished)
+    # Training images: as stored ("none"), or FiF's RandomResizedCrop (see `data.loader.random_resized_crops`).
+    augment: Literal["none", "random_resized_crop"] = "none"
     device: Literal["cpu", "cuda"] = "cpu"  # cuda: one GPU per process (LOCAL_RANK)
     nproc: int = 1  # processes per node (torchrun --nproc-per-node); the global batch is split over all ranks
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16: autocast of forward and loss, fp32 weights and optimizer
     compile: bool = False  # torch.compile the model
     pin_memory: bool = True  # page-locked batches for faster copies to the GPU (CUDA only)
 
-    def validate_runtime(self, path: str) -> None:
-        _positive(self, path, "nproc")
+    def validate(self, path: str) -> None:
+        _positive(self, path, "threads", "checkpoint_every", "keep_checkpoints", "nproc")
+        _non_negative(self, path, "workers")
         if self.optim.batch_size % self.nproc:
             raise ConfigError(f"{path}.optim.batch_size: {self.optim.batch_size} must be divisible by "
                               f"{path}.nproc ({self.nproc}), as every rank trains on an equal slice of each batch")
 
 
-@dataclass(frozen=True)
-class PretrainConfig(RuntimeConfig):
+@dataclass(frozen=True, kw_only=True)
+class PretrainConfig(RunConfig):
     """Contrastive pretraining of the base model on the captioned pool."""
 
-    seed: int
     samples: int
-    threads: int
-    workers: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    optim: OptimConfig
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "samples", "threads", "checkpoint_every", "keep_checkpoints")
-        _non_negative(self, path, "workers")
-        self.validate_runtime(path)
+        _positive(self, path, "samples")
+        super().validate(path)
 
 
 @dataclass(frozen=True)
@@ -189,24 +195,15 @@ class MixtureConfig:
             raise ConfigError(f"{path}.update: must be > 0 (each batch needs new data), got {self.update}")
 
 
-@dataclass(frozen=True)
-class TrainConfig(RuntimeConfig):
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig(RunConfig):
     """Continual adaptation over the tasks of a stream; shared by every experiment."""
 
-    seed: int
     samples_per_task: int
-    threads: int
-    workers: int
-    checkpoint_every: int
-    keep_checkpoints: int
-    optim: OptimConfig
-    # Training images: as stored ("none"), or FiF's RandomResizedCrop (see `data.loader.random_resized_crops`).
-    augment: Literal["none", "random_resized_crop"] = "none"
 
     def validate(self, path: str) -> None:
-        _positive(self, path, "samples_per_task", "threads", "checkpoint_every", "keep_checkpoints")
-        _non_negative(self, path, "workers")
-        self.validate_runtime(path)
+        _positive(self, path, "samples_per_task")
+        super().validate(path)
 
 
 @dataclass(frozen=True)
@@ -497,7 +494,7 @@ __all__ = [
     "OptimConfig",
     "Params",
     "PretrainConfig",
-    "RuntimeConfig",
+    "RunConfig",
     "StreamConfig",
     "TrainConfig",
     "WorldConfig",

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from clipflux.config import ModelConfig
+from clipflux.errors import UserError
 
 READS = ("configs/models",)  # read by create_model: a dependency of every stage importing this module
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "models"
@@ -59,7 +60,7 @@ def _quiet_root_logger():
         root.setLevel(level)
 
 
-class PretrainedError(RuntimeError):
+class PretrainedError(UserError, RuntimeError):
     """Pretrained weights cannot be found or fetched; the message says which file to provide."""
 
 

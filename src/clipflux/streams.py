@@ -17,12 +17,13 @@ import numpy as np
 
 from clipflux.config import EvaluateConfig
 from clipflux.data.pipeline import open_dataset
+from clipflux.errors import UserError
 from clipflux.subsets import validation_keys
 
 SEPARATOR = "+++"
 
 
-class StreamError(ValueError):
+class StreamError(UserError, ValueError):
     """A stream file names a dataset or class that does not exist, or cannot be chunked."""
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import random
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,7 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from clipflux import checkpoint, distributed, faults
-from clipflux.config import BufferConfig, MixtureConfig, OptimConfig
+from clipflux.config import BufferConfig, MixtureConfig, OptimConfig, RunConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
 from clipflux.distributed import Placement
@@ -30,24 +29,6 @@ from clipflux.progress import Progress, progress
 from clipflux.replay import Buffer, split_batch
 
 LogScalar = Callable[[str, float, int], None]
-
-
-@dataclass(frozen=True)
-class Loop:
-    """Everything that fixes the sequence of batches and updates (and so must match on resume)."""
-
-    seed: int
-    steps_per_task: int
-    optim: OptimConfig
-    mixture: MixtureConfig
-    checkpoint_every: int
-    keep_checkpoints: int = 2
-    workers: int = 0
-    buffer: BufferConfig = BufferConfig()
-    precision: str = "fp32"  # or "bf16": autocast of forward and loss
-    compile: bool = False
-    pin_memory: bool = False  # only used when training on a GPU
-    augment: str = "none"  # or "random_resized_crop": FiF's training augmentation (`data.loader.StepBatches`)
 
 
 def train_mode(model: torch.nn.Module) -> None:
@@ -114,12 +95,16 @@ class Trainer:
         readers: shard readers; the dataset ids in item arrays index this list.
         tasks: per task, the (dataset id, index) items of its new data.
         pool: items of the pretraining pool (for the mixture's pretraining share); may be empty.
-        loop: the loop settings.
-        ckpt_dir: where full-state checkpoints go.
+        run: the run's settings (`params.yaml`'s `pretrain` or `train`, as the stage runs it): its seed fixes the
+            batches, its optimizer and schedule the updates.
+        steps_per_task: optimizer steps per task (from the compute budget; a method may scale them per task).
+        ckpt_dir: where full-state checkpoints go (`checkpoint.Checkpoints`).
         log_scalar: metric sink, e.g. a Sacred run's `log_scalar`.
         fingerprint: the parameters that fix the run; a checkpoint written with others is refused.
         flush: makes every metric logged so far durable in the tracking store; called before each
             checkpoint, so a run killed later has lost no metric older than its newest checkpoint.
+        mixture: the batch's shares of new data, replay buffer and pretraining pool (pretraining: new data only).
+        buffer: the replay buffer's policy and size, unless the method sets its own.
         placement: this process's rank and device (`distributed.start`); by default rank 0 of 1 on the CPU.
 
     Attributes:
@@ -129,21 +114,24 @@ class Trainer:
     """
 
     def __init__(self, model: torch.nn.Module, method: Method, tokenizer: Any, readers: list[ShardReader],
-                 tasks: list[np.ndarray], pool: np.ndarray, loop: Loop, ckpt_dir: str | Path,
-                 log_scalar: LogScalar, fingerprint: dict[str, Any],
-                 flush: Callable[[], None] | None = None, placement: Placement = Placement()):
-        if loop.optim.batch_size % placement.world_size:
-            raise ValueError(f"batch size {loop.optim.batch_size} is not divisible by the {placement.world_size} "
+                 tasks: list[np.ndarray], pool: np.ndarray, run: RunConfig, steps_per_task: int,
+                 ckpt_dir: str | Path, log_scalar: LogScalar, fingerprint: dict[str, Any],
+                 flush: Callable[[], None] | None = None, mixture: MixtureConfig = MixtureConfig(1.0, 0.0, 0.0),
+                 buffer: BufferConfig = BufferConfig(), placement: Placement = Placement()):
+        if run.optim.batch_size % placement.world_size:
+            raise ValueError(f"batch size {run.optim.batch_size} is not divisible by the {placement.world_size} "
                              "ranks: every rank trains on an equal slice of each batch")
         self.model, self.method, self.tokenizer = model.to(placement.device), method, tokenizer
-        self.readers, self.tasks, self.pool, self.loop = readers, tasks, pool, loop
-        self.ckpt_dir, self.log_scalar, self.fingerprint = Path(ckpt_dir), log_scalar, fingerprint
+        self.readers, self.tasks, self.pool = readers, tasks, pool
+        self.run, self.steps_per_task, self.mixture = run, steps_per_task, mixture
+        self.checkpoints = checkpoint.Checkpoints(ckpt_dir, run.keep_checkpoints)
+        self.log_scalar, self.fingerprint = log_scalar, fingerprint
         self.flush, self.placement = flush, placement
         self.resumed_from: dict[str, Any] | None = None
-        policy, size = method.buffer_policy() or (loop.buffer.policy, loop.buffer.size)
-        self.buffer = Buffer(policy, size, loop.seed)
+        policy, size = method.buffer_policy() or (buffer.policy, buffer.size)
+        self.buffer = Buffer(policy, size, run.seed)
         self.method.setup(model)
-        if loop.compile:
+        if run.compile:
             self.model.compile()  # in place: the same parameters and state dict, DDP wraps it as it is
         self.optimizer: torch.optim.Optimizer | None = None
 
@@ -186,7 +174,7 @@ class Trainer:
             return
         if self.flush:
             self.flush()
-        checkpoint.save(self.ckpt_dir, task, step, state, keep=self.loop.keep_checkpoints)
+        self.checkpoints.save(task, step, state)
 
     def _restore(self, state: dict[str, Any]) -> tuple[int, int]:
         checkpoint.check_fingerprint(state["fingerprint"], self.fingerprint)
@@ -203,7 +191,7 @@ class Trainer:
         return task, step
 
     def _new_optimizer(self) -> None:
-        self.optimizer = new_optimizer(self.method.trainable_parameters(), self.loop.optim)
+        self.optimizer = new_optimizer(self.method.trainable_parameters(), self.run.optim)
 
     # -- loop ----------------------------------------------------------------------------------------
 
@@ -215,11 +203,7 @@ class Trainer:
         """
         state = None
         if self.placement.primary:  # rank 0 reads and hands the state to the others: no shared disk needed
-            state = checkpoint.load_latest(self.ckpt_dir)
-            if state and state["task"] >= len(self.tasks) and state["fingerprint"] != self.fingerprint:
-                # A finished run with other parameters is history, not something to resume: start over.
-                checkpoint.clear(self.ckpt_dir)
-                state = None
+            state = self.checkpoints.resumable(len(self.tasks), self.fingerprint)
         state = distributed.broadcast(state, self.placement)
         self._position = self._restore(state) if state else (0, 0)
         return self.resumed_from
@@ -249,7 +233,7 @@ class Trainer:
 
     def steps(self, task: int) -> int:
         """Optimizer steps of `task` (the method may scale the per-task budget, as TiC's Oracle does)."""
-        return self.method.steps_for_task(task, self.loop.steps_per_task)
+        return self.method.steps_for_task(task, self.steps_per_task)
 
     def _offset(self, task: int) -> int:
         return sum(self.steps(t) for t in range(task))
@@ -259,17 +243,17 @@ class Trainer:
         new = self.tasks[task]
         if self.method.data_mode == "union":  # TiC's cumulative regimes: new and replayed data as one pool
             new, buffer_items = np.concatenate([new, buffer_items]), buffer_items[:0]
-        counts = split_batch(self.loop.optim.batch_size, self.loop.mixture, len(buffer_items), len(self.pool))
+        counts = split_batch(self.run.optim.batch_size, self.mixture, len(buffer_items), len(self.pool))
         sources = {"update": new, "buffer": buffer_items, "pretraining": self.pool}
-        return StepBatches(self.readers, sources, counts, self.loop.seed, task, steps, self.tokenizer,
-                           image_size(self.model), purpose, augment=self.loop.augment)
+        return StepBatches(self.readers, sources, counts, self.run.seed, task, steps, self.tokenizer,
+                           image_size(self.model), purpose, augment=self.run.augment)
 
     def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
         # Each rank reads only its slice of every batch.
         batches = self._batches(task, self.steps(task)).shard(self.placement.rank, self.placement.world_size)
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, len(batches)),
-                                           num_workers=self.loop.workers,
-                                           pin_memory=self.loop.pin_memory and self.placement.device.type == "cuda")
+                                           num_workers=self.run.workers,
+                                           pin_memory=self.run.pin_memory and self.placement.device.type == "cuda")
 
     def _context(self, task: int) -> TaskContext:
         # Methods' own draws (Fisher estimation, ...) use a random stream disjoint from training's. They are
@@ -297,7 +281,7 @@ class Trainer:
                                        forward_sync_buffers=any(map(is_batchnorm, self.model.modules())))
 
     def _autocast(self):
-        if self.loop.precision == "bf16":
+        if self.run.precision == "bf16":
             return torch.autocast(self.placement.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
@@ -314,9 +298,9 @@ class Trainer:
         params = self.method.trainable_parameters()
         unlogged: list[tuple[int, torch.Tensor, float]] = []
         for step, batch in enumerate(bar, start=start_step):
-            if step == start_step or step % self.loop.checkpoint_every == 0:
+            if step == start_step or step % self.run.checkpoint_every == 0:
                 network = self._wrap()
-            lr = lr_at(step, steps, self.loop.optim, task)
+            lr = lr_at(step, steps, self.run.optim, task)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             # 1) forward and the method's loss (under torchrun: this rank's slice of the step's batch)
@@ -327,8 +311,8 @@ class Trainer:
             # 2) backward (DDP averages the gradients of all ranks), clip, step
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if self.loop.optim.clip_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, self.loop.optim.clip_grad_norm)
+            if self.run.optim.clip_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, self.run.optim.clip_grad_norm)
             self.optimizer.step()
             with torch.no_grad():  # open_clip caps the temperature at 100
                 self.model.logit_scale.clamp_(0, math.log(100))
@@ -337,10 +321,10 @@ class Trainer:
             #    device, so it is read then, for all steps since), and checkpoint
             unlogged.append((offset + step, loss.detach(), lr))
             faults.reached("step")
-            if (step + 1) % self.loop.checkpoint_every == 0 or step + 1 == steps:
+            if (step + 1) % self.run.checkpoint_every == 0 or step + 1 == steps:
                 self._log(unlogged, bar)
                 unlogged = []
-            if (step + 1) % self.loop.checkpoint_every == 0 and step + 1 < steps:
+            if (step + 1) % self.run.checkpoint_every == 0 and step + 1 < steps:
                 self._save(task, step + 1)
 
     def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: Progress) -> None:

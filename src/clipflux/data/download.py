@@ -29,12 +29,13 @@ from typing import Callable
 
 from clipflux.data.catalog import CatalogEntry, RemoteFile
 from clipflux.data.shards import sha256_file
+from clipflux.errors import UserError
 
 MARKER = ".clipflux-complete.json"
 CHUNK = 1 << 20
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError, RuntimeError):
     """A dataset could not be fetched or verified; the message names the dataset, the URL and what failed."""
 
 

@@ -29,12 +29,13 @@ from PIL import Image
 from clipflux.config import NAME
 from clipflux.data.shards import ShardWriter
 from clipflux.data.timesteps import TimeSteps
+from clipflux.errors import UserError
 
 Role = Literal["adaptation", "evaluation", "pretraining", "tic"]
 Task = Literal["classification", "retrieval", "captions"]
 
 
-class DatasetImportError(ValueError):
+class DatasetImportError(UserError, ValueError):
     """The input cannot be imported; the message names the sample or file and what is wrong."""
 
 

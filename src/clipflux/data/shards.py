@@ -23,8 +23,10 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from clipflux.errors import UserError
 
-class ShardError(RuntimeError):
+
+class ShardError(UserError, RuntimeError):
     """A shard is missing, or its content does not match the checksum in its manifest."""
 
 
@@ -182,20 +184,20 @@ def tar_members(path: str | Path) -> list[tuple[str, int, int]]:
             return _tarfile_members(path)
         headers.append(pos)
         kind, start = header[156:157], pos + 512
-        body = data[start:start + size]
         pos = start + (size + 511) // 512 * 512
-        if kind == b"x":
-            pending.update(_pax_records(body))
+        if kind == b"x":  # only extended headers' bodies are read: a member's data is never copied here
+            pending.update(_pax_records(data[start:start + size]))
         elif kind == b"L":
-            pending["path"] = body.rstrip(b"\0").decode("utf-8", "surrogateescape")
+            pending["path"] = data[start:start + size].rstrip(b"\0").decode("utf-8", "surrogateescape")
         elif kind == b"g":
             continue
         elif kind in (b"0", b"\0", b"7"):
             name = pending.pop("path", None)
             if name is None:
                 name = header[0:100].split(b"\0")[0].decode("utf-8", "surrogateescape")
-                if header[257:262] == b"ustar" and header[345:500].split(b"\0")[0]:
-                    name = header[345:500].split(b"\0")[0].decode("utf-8", "surrogateescape") + "/" + name
+                prefix = header[345:500].split(b"\0")[0] if header[257:262] == b"ustar" else b""
+                if prefix:
+                    name = prefix.decode("utf-8", "surrogateescape") + "/" + name
             if "size" in pending:  # a pax size overrides the header's (files over 8 GiB)
                 return _tarfile_members(path)
             members.append((name, start, size))

@@ -23,10 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from clipflux.errors import UserError
+
 Period = tuple[int, int]  # (year, month); month 0 for a whole year
 
 
-class TimeStepError(ValueError):
+class TimeStepError(UserError, ValueError):
     """A step spec, timestamp or id list cannot be read."""
 
 
