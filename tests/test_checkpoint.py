@@ -73,3 +73,11 @@ def test_an_unfinished_run_is_kept_unless_starting_over_and_a_finished_one_with_
     assert folder.resumable(5, {"lr": 0.1}) is None
     _finished_run(folder, 2)
     assert folder.resumable(2, {"lr": 0.2}) is None and not folder.directory.exists()
+
+
+def test_weights_retired_by_a_finish_killed_before_deleting_them_are_removed_by_the_next_begin(tmp_path):
+    folder = checkpoint.Checkpoints(tmp_path / "ckpt")
+    _finished_run(folder, 2)
+    folder.weights.rename(folder.directory / ".eval.retired")  # the finish's last rename, then SIGKILL
+    folder.begin(2, start_over=False)  # the run was over: it trains again
+    assert not folder.directory.exists()

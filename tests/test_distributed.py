@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -155,3 +157,49 @@ def test_killed_two_process_run_resumes_bit_identically(workspace, tiny_shards, 
     assert all(step < origin["global_step"] for _, step in killed_run["series"])  # each step once
     assert min(step for _, step in resumed_run["series"]) == origin["global_step"]
     assert killed_run["series"] | resumed_run["series"] == reference["series"]
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_launcher_takes_its_workers_along(workspace, tiny_shards):
+    """torchrun starts its workers in sessions of their own, so killing the launcher's process group misses
+    them: each worker asks the kernel to kill it with its parent (`distributed.start`). SIGKILL to the launcher's
+    process group, mid-run, leaves no worker running (checked by pid)."""
+    env = dict(os.environ, TQDM_DISABLE="1", CLIPFLUX_MONGO_URL="off", OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "clipflux.launch", "2", str(REPO / "stages/train.py"), "--experiment", "replay",
+         "--shards", str(tiny_shards), "--stream", "stream.json", "--base", "base.pt", "--out", "orphans/models",
+         "--checkpoints", "orphans/checkpoints"], cwd=workspace, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        for line in launcher.stdout:  # rank 0 prints this once the workers have started training
+            if line.startswith("train replay"):
+                break
+        workers = _children(launcher.pid)
+        assert len(workers) == 2 and all(map(_alive, workers)), workers
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        for _ in range(100):
+            if not any(map(_alive, workers)):
+                break
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), "a worker outlived its launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

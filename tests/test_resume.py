@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,6 +164,31 @@ def test_kill_during_evaluation_gives_the_same_metrics(workspace):
     again = _stage(workspace, "evaluate.py", *args, "--out", "eval-killed")
     assert again.returncode == 0, again.stderr[-3000:]
     assert (workspace / "eval-killed/metrics.json").read_bytes() == (workspace / "eval-ref/metrics.json").read_bytes()
+    # The killed run could not say it died: the rerun marked it (no run stays RUNNING).
+    statuses = [json.loads(p.read_text())["status"] for p in (workspace / "runs/evaluate").glob("*/run.json")]
+    assert sorted(statuses) == ["COMPLETED", "COMPLETED", "INTERRUPTED"]
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_kill_while_finishing_completes_with_the_same_outputs(workspace, n):
+    """`finish` points with 2 tasks: 1 budget.json written, 2-3 each task's weights, 4 checkpoints pruned,
+    5 the kept weights retired (the run is over: the rerun trains again)."""
+    weights, series = _reference(workspace, "finetune")
+    name = f"kill-finish-{n}"
+    killed = _train(workspace, "finetune", name, fault=f"finish@{n}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    shutil.rmtree(workspace / name / "models", ignore_errors=True)  # DVC removes a stage's outputs before a rerun
+    again = _train(workspace, "finetune", name)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert _weights(workspace / name / "models") == weights
+    budget = "models/seed_0/budget.json"
+    assert (workspace / name / budget).read_bytes() == (workspace / "ref-finetune" / budget).read_bytes()
+    assert sorted(p.name for p in (workspace / name / "checkpoints/seed_0").iterdir()) == [
+        "ckpt-0002-00000000.pt", "ckpt-0002-00000000.pt.sha256"]
+    killed_run, rerun = _runs(workspace)[-2:]
+    assert killed_run["run"]["status"] == "INTERRUPTED"
+    before, after = _series(killed_run["metrics"]), _series(rerun["metrics"])
+    assert not set(before) & set(after) and before | after == series  # each step once
 
 
 @pytest.mark.parametrize("fault", ["step@3", "checkpoint-write@2"])

@@ -10,6 +10,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -258,3 +260,103 @@ def test_a_resumed_run_truncates_the_run_it_continues_in_both_stores(live, proje
     assert other["info"]["resumed_from"]["run_uid"] is None
     [loss] = list(db.metrics.find({"run_id": second, "name": "train/loss"}))
     assert loss["steps"] == list(range(6, 12))
+
+
+def _die_in_a_run(project: Path, checkpoints: str, steps: int = 5) -> subprocess.CompletedProcess:
+    """A stage process that logs `steps` steps, flushes them and is killed with SIGKILL inside its run."""
+    script = (
+        "import os, signal\n"
+        "from clipflux.tracking import run_tracked\n"
+        "def main(run):\n"
+        f"    for step in range({steps}):\n"
+        "        run.log_scalar('train/loss', 1.0 / (step + 3), step)\n"
+        "    run.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        f"run_tracked('train', {{'seed': 0}}, main, checkpoints={checkpoints!r})\n")
+    return subprocess.run([sys.executable, "-c", script], cwd=project, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")})
+
+
+def test_a_killed_run_shows_as_dead_and_a_fresh_start_supersedes_it_in_both_stores(live, project):
+    """Killed before its first checkpoint, a run cannot say so itself: the next run (and `clipflux tracking
+    upload`) marks it INTERRUPTED because its process is gone; the next run of the same folder starts afresh
+    and drops the dead run's entries, so the stores hold each step once."""
+    proc = _die_in_a_run(project, "checkpoints/x/seed_0")
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    folder = _local(project, "train")
+    assert json.loads((folder / "run.json").read_text())["status"] == "RUNNING"
+    db = _db(live.port)
+    assert db.runs.find_one()["status"] == "RUNNING"
+    report = upload(db, project / "runs")
+    assert [what for _, _, what in report] != ["still running"]
+    dead = json.loads((folder / "run.json").read_text())
+    assert dead["status"] == "INTERRUPTED" and "killed" in dead["died"]
+
+    def fresh(run):
+        run.continues(None)  # what the trainer found: no checkpoint
+        return _work(steps=6)(run)
+
+    run_tracked("train", {"seed": 0}, fresh, checkpoints="checkpoints/x/seed_0")
+    [old, new] = sorted(db.runs.find(), key=lambda d: d["_id"])
+    assert old["status"] == "INTERRUPTED" and old["resumed_by"] == new["_id"]
+    assert new["info"]["supersedes"] == old["_id"] and new["status"] == "COMPLETED"
+    assert all(m["steps"] == [] for m in db.metrics.find({"run_id": old["_id"]}))
+    assert [m["steps"] for m in db.metrics.find({"run_id": new["_id"], "name": "train/loss"})] == [list(range(6))]
+    local = json.loads((folder / "metrics.json").read_text())
+    assert local["train/loss"]["steps"] == []
+
+
+def test_a_dead_run_is_buried_by_the_next_run_of_any_stage(live, project):
+    _die_in_a_run(project, "checkpoints/x/seed_0")
+    run_tracked("evaluate", {"seed": 1}, _work(steps=2))  # another stage: no checkpoints, nothing to supersede
+    db = _db(live.port)
+    dead = db.runs.find_one({"meta.stage": "train"})
+    assert dead["status"] == "INTERRUPTED" and "killed" in dead["died"]
+    assert json.loads((_local(project, "train") / "run.json").read_text())["status"] == "INTERRUPTED"
+
+
+def test_server_killed_during_upload_and_upload_again_leaves_every_run_once(live, project, monkeypatch):
+    """The server dies (SIGKILL) right after upload wrote its first run; after it is back, upload again: every
+    run complete, none twice."""
+    from pymongo import monitoring
+
+    closed = server.free_port()
+    monkeypatch.setenv(URL_ENV, f"mongodb://127.0.0.1:{closed}/")
+    for seed in range(3):
+        run_tracked("evaluate", {"evaluate": {"seed": seed}}, _work(steps=3 + seed), runs_dir=project / "runs")
+
+    class KillAfterFirstWrite(monitoring.CommandListener):
+        def started(self, event):
+            pass
+
+        def succeeded(self, event):
+            if event.command_name in ("update", "insert") and server.status(project).running:
+                os.kill(live.pid, signal.SIGKILL)
+
+        def failed(self, event):
+            pass
+
+    client = MongoClient(f"mongodb://127.0.0.1:{live.port}/", serverSelectionTimeoutMS=2000,
+                         event_listeners=[KillAfterFirstWrite()])
+    with pytest.raises(Exception):
+        upload(client["clipflux"], project / "runs")
+    client.close()
+    restarted = server.start(project)
+    db = _db(restarted.port)
+    assert [what for _, _, what in upload(db, project / "runs")].count("in sync") < 3  # the rest came now
+    assert [what for _, _, what in upload(db, project / "runs")] == ["in sync"] * 3
+    assert db.runs.count_documents({}) == 3
+    for folder in sorted((project / "runs/evaluate").glob("[0-9]*")):
+        _assert_same_as_local(db, folder)
+
+
+def test_a_server_started_by_a_killed_stage_stops_by_itself(project):
+    """A stage holding the embedded server it started is killed with SIGKILL and cannot let go: the server's
+    watcher stops it once no live process holds it, so a killed `dvc repro` leaves no server running."""
+    proc = _die_in_a_run(project, "checkpoints/x/seed_0")
+    assert proc.returncode == -signal.SIGKILL
+    pid = json.loads((project / ".clipflux/mongo/server.json").read_text())["pid"]
+    deadline = time.monotonic() + 30
+    while server.status(project).running and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not server.status(project).running and not server._alive(pid)

@@ -40,6 +40,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _replace(path: Path, write) -> None:
+    """Write a file through `write(f)` into a temporary file that is fsynced and renamed: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 def save(directory: str | Path, task: int, step: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write a checkpoint for position (task, step) and prune all but the newest `keep`."""
     directory = Path(directory)
@@ -107,20 +118,25 @@ class Checkpoints:
        a rerun of a finished run trains again from the start.
     2. `resumable` (the trainer): the newest valid checkpoint to continue from.
     3. `save` (the trainer): a checkpoint every `checkpoint_every` steps and at each task's end, the newest `keep`
-       kept; `keep_weights`: the weights to evaluate after each task, kept beside the checkpoints
-       (`eval/task_<NNN>.pt`) so that a resumed run still has every earlier task's.
+       kept; `weights_of`: where the weights to evaluate after each task are kept, beside the checkpoints
+       (`eval/task_<NNN>.pt`), so that a resumed run still has every earlier task's.
     4. `finish` (after the last task): the kept weights copied to the run's outputs, then only the final
-       state stays (DVC caches the folder: copies of the outputs would double it).
+       state stays (DVC caches the folder: copies of the outputs would double it). Every step of it can be
+       interrupted: until its last step retires the kept weights (one atomic rename), a rerun finds them and
+       hands them over again; after it, the run is over and a rerun trains again (same outputs).
 
-    Only rank 0 of a torchrun job calls `begin`, `save`, `keep_weights` and `finish`.
+    Only rank 0 of a torchrun job calls `begin`, `save` and `finish`, holding the folder's lock
+    (`processes.exclusive`).
     """
 
     def __init__(self, directory: str | Path, keep: int = 2):
         self.directory, self.keep = Path(directory), keep
         self.weights = self.directory / "eval"
+        self._retired = self.directory / ".eval.retired"
 
     def begin(self, num_tasks: int, start_over: bool) -> None:
         """Prepare the folder for a run of `num_tasks` tasks (`start_over`: discard any checkpoint)."""
+        shutil.rmtree(self._retired, ignore_errors=True)  # weights retired by a finish killed before it deleted them
         finished = (newest_task(self.directory) or 0) >= num_tasks
         if start_over or (finished and not self.weights.exists()):
             clear(self.directory)
@@ -147,13 +163,17 @@ class Checkpoints:
         """Hand the run over to its outputs: copy the kept weights of each task to its path (`outputs`:
         path -> task), write `files` (path -> text), then keep only the final checkpoint."""
         for path, text in (files or {}).items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
+            _replace(path, lambda f, text=text: f.write(text.encode()))
+            faults.reached("finish")
         for path, task in outputs.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.weights_of(task), path)
-        shutil.rmtree(self.weights)
+            with open(self.weights_of(task), "rb") as source:
+                _replace(path, lambda f, source=source: shutil.copyfileobj(source, f))
+            faults.reached("finish")
         prune(self.directory, keep=1)
+        faults.reached("finish")
+        os.replace(self.weights, self._retired)  # the one step after which the run is over
+        faults.reached("finish")
+        shutil.rmtree(self._retired)
 
 
 def check_fingerprint(saved: dict[str, Any], current: dict[str, Any]) -> None:

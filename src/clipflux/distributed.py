@@ -25,6 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from clipflux.processes import die_with_parent
+
 
 @dataclass(frozen=True)
 class Placement:
@@ -63,6 +65,8 @@ def start(device: str = "cpu") -> Placement:
     """
     rank, world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun worker, in a session of its own: dies with its agent
+        die_with_parent()
     if device == "cuda":
         if local_rank >= torch.cuda.device_count():
             raise RuntimeError(f"device cuda: local rank {local_rank} needs GPU {local_rank}, but this machine "

@@ -3,7 +3,8 @@
 Set `CLIPFLUX_FAULT=<point>@<n>` and the process kills itself (SIGKILL: no cleanup, no flush) the n-th
 time it reaches `<point>`. Points: `step` (after an optimizer step), `checkpoint-write` (halfway through
 writing a checkpoint's temporary file), `task-end` (after a task's weights are saved, before its boundary
-checkpoint), `evaluate` (after each evaluated model). Unset, `reached` costs one dictionary lookup.
+checkpoint), `evaluate` (after each evaluated model), `finish` (after each step of handing a finished run's weights
+over to the outputs: each file written, the checkpoints pruned, the kept weights retired). Unset, `reached` costs one dictionary lookup.
 """
 
 from __future__ import annotations

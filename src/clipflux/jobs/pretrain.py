@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,14 @@ from clipflux.data.loader import index_items
 from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
 from clipflux.models import architecture, create_model, load_pretrained, save_weights, state_sha256
+from clipflux.processes import exclusive
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.train import Trainer
 
 
 def pretrain(params: Params, shards: Path, out: Path, checkpoints: Path, start_over: bool) -> None:
     """Write the base model's weights to `out`, training them (resumably, in `checkpoints`) unless they are
-    pretrained. Runs on every rank of a torchrun job; rank 0 writes."""
+    pretrained. Runs on every rank of a torchrun job; rank 0 writes, holding the checkpoint folder's lock."""
     cfg = params.pretrain
     configure_torch(cfg.threads)
     placement = distributed.start(cfg.device)
@@ -44,8 +46,6 @@ def pretrain(params: Params, shards: Path, out: Path, checkpoints: Path, start_o
     config = {"model": dataclasses.asdict(params.model), "architecture": architecture(params.model.name),
               "pretrain": dataclasses.asdict(cfg), "steps": steps, "world_size": placement.world_size}
     folder = Checkpoints(checkpoints, cfg.keep_checkpoints)
-    if placement.primary:
-        folder.begin(1, start_over)
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
@@ -58,5 +58,8 @@ def pretrain(params: Params, shards: Path, out: Path, checkpoints: Path, start_o
             folder.finish({out: 1})
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("pretrain", config, work, primary=placement.primary, checkpoints=checkpoints)
+    with exclusive(checkpoints) if placement.primary else nullcontext():  # one writer per checkpoint folder
+        if placement.primary:
+            folder.begin(1, start_over)
+        run_tracked("pretrain", config, work, primary=placement.primary, checkpoints=checkpoints)
     distributed.stop(placement)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from clipflux.data.pipeline import open_dataset
 from clipflux.distributed import Placement
 from clipflux.methods import build_method, check_params
 from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
+from clipflux.processes import exclusive
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.train import Trainer
 
@@ -39,17 +41,19 @@ class Paths:
 
 
 def train(params: Params, experiment: str, paths: Paths, start_over: bool) -> None:
-    """Train every seed of `experiment`. Runs on every rank of a torchrun job; rank 0 writes."""
+    """Train every seed of `experiment`. Runs on every rank of a torchrun job; rank 0 writes, holding the lock of
+    the experiment's checkpoint folder (`processes.exclusive`) from before its first write to after its last."""
     params = check_params(params)
     configure_torch(params.train.threads)
     placement = distributed.start(params.train.device)
-    if placement.primary and paths.out.exists():  # seeds removed from study.seeds leave no stale weights behind
-        for stale in sorted(paths.out.glob("seed_*")):
-            if int(stale.name.removeprefix("seed_")) >= params.study.seeds:
-                shutil.rmtree(stale)
-    budget = plan_experiment(params, experiment)  # the same for every seed: profiled once
-    for seed_index in range(params.study.seeds):
-        train_seed(params, experiment, seed_index, paths, placement, dict(budget), start_over)
+    with exclusive(paths.checkpoints) if placement.primary else nullcontext():  # one writer per experiment
+        if placement.primary and paths.out.exists():  # seeds removed from study.seeds leave no stale weights
+            for stale in sorted(paths.out.glob("seed_*")):
+                if int(stale.name.removeprefix("seed_")) >= params.study.seeds:
+                    shutil.rmtree(stale)
+        budget = plan_experiment(params, experiment)  # the same for every seed: profiled once
+        for seed_index in range(params.study.seeds):
+            train_seed(params, experiment, seed_index, paths, placement, dict(budget), start_over)
     distributed.stop(placement)
 
 

@@ -17,8 +17,8 @@ from typing import Any, Callable
 from sacred.observers import FileStorageObserver, MongoObserver
 from sacred.utils import apply_backspaces_and_linefeeds
 
-from clipflux.tracking.resume import (predecessor_in_database, predecessor_in_folder, truncate_database,
-                                      truncate_folder)
+from clipflux.tracking.resume import (bury_dead_database, bury_dead_folder, predecessor_in_database,
+                                      predecessor_in_folder, truncate_database, truncate_folder)
 from clipflux.tracking.store import Store, redact
 
 MAX_OUTPUT_LINES = 2000
@@ -100,6 +100,11 @@ class LocalFileObserver(FileStorageObserver):
         with self._lock:
             return predecessor_in_folder(Path(self.basedir), checkpoints, own)
 
+    def bury_dead(self) -> None:
+        """Mark the runs of every stage (runs/<stage>/) whose process died as INTERRUPTED (`tracking.resume`)."""
+        with self._lock:
+            bury_dead_folder(Path(self.basedir).parent)
+
 
 @_serialised
 class ResilientMongoObserver(MongoObserver):
@@ -139,6 +144,10 @@ class ResilientMongoObserver(MongoObserver):
     def find_predecessor(self, checkpoints: str, own: str | None) -> dict[str, Any] | None:
         """The newest unfinished run in the database that trained into `checkpoints` (see `tracking.resume`)."""
         return self._guard("find_predecessor", lambda: predecessor_in_database(self.runs.database, checkpoints, own))
+
+    def bury_dead(self) -> None:
+        """Mark this host's runs in the database whose process died as INTERRUPTED (`tracking.resume`)."""
+        self._guard("bury_dead", lambda: bury_dead_database(self.runs.database))
 
     def save(self) -> None:
         # Sacred's save() silently skips a heartbeat when the server is gone; raise so the guard notices.

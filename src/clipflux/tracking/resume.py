@@ -7,13 +7,20 @@ diff` of dvc.lock as no change). A run that trains into a checkpoint folder reco
 A run killed after its newest checkpoint may already have flushed metric entries past it (a heartbeat can do
 that); the resumed run logs those steps again. So on resume the killed run's entries at or after the resume
 step are dropped from every store, and the two runs together hold each step exactly once. The killed run is
-marked INTERRUPTED with the id of the run that resumed it.
+marked INTERRUPTED with the id of the run that resumed it. A run that starts afresh in a folder whose last run
+died before its first checkpoint supersedes that run: all of the dead run's entries are dropped.
+
+A run whose process died (SIGKILL, a lost machine) cannot say so itself. Every run records its host, pid and
+the pid's start time (`process_identity`); the next run that starts, and `clipflux tracking upload`, mark the
+RUNNING runs of this host whose process is gone as INTERRUPTED with `died` set (`bury_dead_*`), so a killed run
+never stays RUNNING. Runs of other hosts show as dead in Omniboard once their heartbeat stops.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +41,20 @@ def continue_run(run: Any, resumed_from: dict[str, Any] | None, checkpoints: str
         origin = predecessor(run, checkpoints)
         resumed_from = {**resumed_from, "run_id": origin and origin["id"], "run_uid": origin and origin["uid"]}
     run.info["resumed_from"] = resumed_from
-    if not resumed_from or not resumed_from.get("run_uid"):
+    if resumed_from is None:  # a fresh start supersedes the dead run that wrote no checkpoint to continue from
+        origin = predecessor(run, checkpoints)
+        if origin is None:
+            return
+        run.info["supersedes"] = origin["id"]
+        uid, below = origin["uid"], 0
+    elif resumed_from.get("run_uid"):
+        uid, below = resumed_from["run_uid"], resumed_from["global_step"]
+    else:
         return
     for observer in run.observers:
         truncate = getattr(observer, "truncate_run", None)
         if truncate:
-            truncate(resumed_from["run_uid"], resumed_from["global_step"], run._id)
+            truncate(uid, below, run._id)
 
 
 def predecessor(run: Any, checkpoints: str | None) -> dict[str, Any] | None:
@@ -58,7 +73,7 @@ def predecessor(run: Any, checkpoints: str | None) -> dict[str, Any] | None:
 
 def _newest_unfinished(docs: list[dict], checkpoints: str, own: str | None) -> dict | None:
     docs = [d for d in docs if d.get("meta", {}).get("checkpoints") == checkpoints and d.get("status") != "COMPLETED"
-            and d["meta"].get("clipflux_uid") != own]
+            and not d.get("resumed_by") and d["meta"].get("clipflux_uid") != own]  # not yet continued by another
     return max(docs, key=lambda d: str(d.get("start_time", "")), default=None)
 
 
@@ -79,7 +94,8 @@ def predecessor_in_folder(basedir: Path, checkpoints: str, own: str | None) -> d
 
 def predecessor_in_database(db: Any, checkpoints: str, own: str | None) -> dict[str, Any] | None:
     """`predecessor` among the MongoDB runs."""
-    docs = list(db.runs.find({"meta.checkpoints": checkpoints}, {"_id": 1, "meta": 1, "status": 1, "start_time": 1}))
+    docs = list(db.runs.find({"meta.checkpoints": checkpoints},
+                             {"_id": 1, "meta": 1, "status": 1, "start_time": 1, "resumed_by": 1}))
     doc = _newest_unfinished(docs, checkpoints, own)
     return None if doc is None else {"id": doc["_id"], "uid": doc["meta"]["clipflux_uid"]}
 
@@ -130,3 +146,59 @@ def _write_json(path: Path, value: Any) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def process_identity(pid: int | None = None) -> dict[str, Any]:
+    """{"host", "pid", "pid_start", "boot_id"}: what tells, later, whether the process `pid` (default: this one)
+    still runs (a pid is reused; its start time since boot, within one boot, is not)."""
+    pid = os.getpid() if pid is None else pid
+    identity: dict[str, Any] = {"host": socket.gethostname(), "pid": pid, "pid_start": None, "boot_id": None}
+    try:
+        identity["pid_start"] = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        identity["boot_id"] = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except (OSError, IndexError, ValueError):
+        pass
+    return identity
+
+
+def is_dead(meta: dict[str, Any]) -> bool:
+    """Whether the process a run's `meta` names is known to be gone: it ran on this host and no process with its
+    pid and start time is running (a run without a recorded process, or of another host, is not known dead)."""
+    if meta.get("host") != socket.gethostname() or not meta.get("pid"):
+        return False
+    now = process_identity(meta["pid"])
+    if meta.get("boot_id") and now["boot_id"] and meta["boot_id"] != now["boot_id"]:
+        return True  # the machine rebooted since
+    if now["pid_start"] is None:
+        return True  # no such process
+    if Path(f"/proc/{meta['pid']}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+        return True  # a zombie: finished, not yet reaped
+    return meta.get("pid_start") is not None and now["pid_start"] != meta["pid_start"]
+
+
+def bury_dead_folder(runs_root: Path) -> list[Path]:
+    """Mark every RUNNING file-observer run under `runs_root` (runs/<stage>/<id>/) whose process is dead as
+    INTERRUPTED with `died`; returns their folders."""
+    buried = []
+    for run_json in Path(runs_root).glob("*/*/run.json"):
+        try:
+            doc = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if doc.get("status") == "RUNNING" and is_dead(doc.get("meta", {})):
+            doc["status"], doc["died"] = STATUS, "its process was gone (killed)"
+            _write_json(run_json, doc)
+            buried.append(run_json.parent)
+    return buried
+
+
+def bury_dead_database(db: Any) -> list[Any]:
+    """`bury_dead_folder` for the MongoDB runs of this host; returns their ids."""
+    buried = []
+    for doc in db.runs.find({"status": "RUNNING", "meta.host": socket.gethostname()}, {"_id": 1, "meta": 1}):
+        if is_dead(doc.get("meta", {})):
+            db.runs.update_one({"_id": doc["_id"], "status": "RUNNING"},
+                               {"$set": {"status": STATUS, "died": "its process was gone (killed)"}})
+            buried.append(doc["_id"])
+    return buried
+

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from clipflux.tracking import lineage
-from clipflux.tracking.resume import continue_run
+from clipflux.tracking.resume import continue_run, process_identity
 from clipflux.tracking.store import StoreError, project_root, redact
 
 T = TypeVar("T")
@@ -128,6 +128,10 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
 
     @ex.main
     def _main(_run):
+        for observer in _run.observers:  # runs of this host whose process died show as such (tracking.resume)
+            bury = getattr(observer, "bury_dead", None)
+            if bury:
+                bury()
         result["value"] = main(Run(_run, checkpoints))
         try:
             _run.info["lineage"]["outputs"] = lineage.dvc_outputs(root, address)
@@ -141,7 +145,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
             ex.observers.append(mongo)
         run = ex.run(options={"--capture": "sys"}, info=info,
                      meta_info={"clipflux_uid": uuid.uuid4().hex, "stage": stage, "dvc_stage": address,
-                                "checkpoints": checkpoints})
+                                "checkpoints": checkpoints, **process_identity()})
     if mongo is not None and mongo.failure:
         print(f"clipflux: run {run._id} is in {local_copy} but not (fully) in MongoDB: "
               "run `clipflux tracking upload` once MongoDB is back", file=sys.stderr)

@@ -2,8 +2,10 @@
 
 SecantusDB is GPL-2.0, so clipflux never imports it: it only starts its executable `secantusd-py`. The
 server keeps its data in `.clipflux/mongo/data` (git-ignored) and its pid and port in
-`.clipflux/mongo/server.json`; it outlives the stage that started it, so later stages, the CLI and
-Omniboard share it, until `clipflux mongo stop`.
+`.clipflux/mongo/server.json`. Started by `clipflux mongo start`, it runs until `clipflux mongo stop`;
+started by a stage or a command (`hold`), it stops when the last process holding it lets go, and a detached
+watcher (`watch`) stops it when every holder has died without letting go (a SIGKILLed stage), so a killed
+`dvc repro` leaves no server behind either.
 """
 
 from __future__ import annotations
@@ -166,6 +168,10 @@ def _start_unlocked(root: Path, port: int | None, owner: str) -> ServerStatus:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True, close_fds=True)
     _write_record(folder, proc.pid, port, owner)
+    if owner == "run":
+        subprocess.Popen([sys.executable, "-c", f"from clipflux.tracking.server import watch; watch({str(root)!r}, "
+                          f"{proc.pid})"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -240,13 +246,42 @@ def hold(root: Path) -> Iterator[Store]:
                 stop(root)
 
 
+WATCH_S = 2.0
+
+
+def _holders(folder: Path) -> list[Path]:
+    leases = folder / "leases"
+    return [p for p in leases.iterdir() if _alive(int(p.name.split("-")[0]))] if leases.exists() else []
+
+
+def watch(root: str, server_pid: int) -> None:
+    """Beside a server started for runs (in a process of its own): stop it once no live process holds it, e.g.
+    when the stage holding it was killed with SIGKILL and could not let go. Ends when the server stops or is
+    taken over by `clipflux mongo start`."""
+    folder = mongo_dir(Path(root))
+    while True:
+        time.sleep(WATCH_S)
+        with _start_lock(folder):
+            record = _read_record(folder)
+            if record.get("pid") != server_pid or record.get("owner") != "run" or not _alive(server_pid):
+                return
+            if not _holders(folder):
+                for lease in (folder / "leases").glob("*"):  # the dead holders'
+                    lease.unlink(missing_ok=True)
+                stop(Path(root))
+                return
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-        return True
     except ProcessLookupError:
         return False
     except PermissionError:
+        return True
+    try:  # a zombie has finished; it only waits for its parent to reap it
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return True
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clipflux.tracking.resume import bury_dead_folder
 from clipflux.tracking.store import redact
 
 STALE_AFTER_S = 300  # a RUNNING local run without a heartbeat for this long is taken as dead, and uploaded
@@ -148,6 +149,7 @@ def upload(db: Any, runs_dir: Path, now: dt.datetime | None = None) -> list[tupl
 
     fs = gridfs.GridFS(db)
     now = now or dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+    bury_dead_folder(runs_dir)  # a run of this host whose process died is INTERRUPTED, not "still running"
     report = []
     for local in local_runs(runs_dir):
         doc = db.runs.find_one({"meta.clipflux_uid": local.uid})
