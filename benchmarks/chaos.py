@@ -266,8 +266,15 @@ def main() -> None:
         raise SystemExit(f"chaos: the last dvc repro failed ({code}); see {args.workdir / 'chaos.log'}")
     chaos_seconds = time.monotonic() - start
 
+    ran = {p for p, s in _stage_outs(reference / "dvc.lock").items() if s in durations}  # the stages that ran
     ref_outs, chaos_outs = outputs(reference / "dvc.lock"), outputs(chaos / "dvc.lock")
+    ref_outs = {p: md5 for p, md5 in ref_outs.items() if p in ran}
     differ = sorted(p for p in ref_outs if ref_outs[p] != chaos_outs.get(p))
+    committed = yaml.safe_load(subprocess.run(["git", "show", "HEAD:dvc.lock"], cwd=reference, capture_output=True,
+                                              text=True, check=True).stdout)
+    committed_outs = {o["path"]: o["md5"] for s in committed["stages"].values() for o in s.get("outs", [])}
+    results = [p for p in ref_outs if p.startswith(("models/", "reports/"))]
+    same_as_committed = [p for p in results if committed_outs.get(p) == ref_outs[p]]
     subprocess.run([str(Path(sys.executable).parent / "clipflux"), "tracking", "upload"], cwd=chaos, check=False,
                    capture_output=True)  # runs written while the database was down or killed
     problems = tracking_check(chaos) + database_check(chaos)
@@ -282,6 +289,8 @@ def main() -> None:
     if kills.get("(dvc)"):
         print(f"| (between stages) | {kills['(dvc)']} | |")
     print(f"\noutputs compared: {len(ref_outs)}, differing: {len(differ)} {differ}")
+    print(f"models/ and reports/ outputs of the reference equal to the committed dvc.lock's: "
+          f"{len(same_as_committed)} of {len(results)}")
     print(f"processes left behind after a kill: {len(orphans)} {orphans[:3]}")
     print("tracking stores (runs/ and MongoDB): "
           + ("every step once, one completed run per stage and seed, none RUNNING" if not problems else str(problems)))
