@@ -5,7 +5,8 @@
 #   ./run.sh test  [pytest args]      the fast test tier (unit, property, in-process resume; not e2e or slow)
 #   ./run.sh test-all [pytest args]   every test (CI): also real SIGKILLs, torchrun, the pipelines, the browser
 #   ./run.sh setup                    only set up the environment
-#   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh dvc dag)
+#   ./run.sh dvc [args]               DVC, writing dvc.lock atomically (src/clipflux/dvcrun.py)
+#   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh clipflux budget)
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -28,7 +29,8 @@ fi
 
 [ $# -gt 0 ] && shift
 case "$command" in
-  repro) exec dvc repro "$@" ;;
+  repro) exec python -m clipflux.dvcrun repro "$@" ;;  # dvc, with dvc.lock written atomically
+  dvc) exec python -m clipflux.dvcrun "$@" ;;
   test) exec python -m pytest -m "not e2e and not slow" "$@" ;;
   test-all) exec python -m pytest "$@" ;;
   setup) echo "environment ready: $PWD/.venv" ;;

@@ -55,7 +55,9 @@ class Repro:
 
     def __init__(self, root: Path, targets: list[str], log):
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
-        self.proc = subprocess.Popen(["dvc", "repro", *targets], cwd=root, env=env, stdout=subprocess.PIPE,
+        # As `./run.sh repro` runs it: DVC with dvc.lock written atomically (clipflux.dvcrun).
+        self.proc = subprocess.Popen([sys.executable, "-m", "clipflux.dvcrun", "repro", *targets], cwd=root, env=env,
+                                     stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, start_new_session=True)
         self.stage, self.started, self.finished = None, time.monotonic(), []
         self.log = log
@@ -215,17 +217,23 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", help=f"dvc repro targets (default: {' '.join(QUICK_TARGETS)})")
     parser.add_argument("--set-default", action="store_true", help="the default params instead of the quick setting")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/clipflux-chaos"))
+    parser.add_argument("--reuse-reference", action="store_true",
+                        help="keep a finished reference run in --workdir (from an earlier call) instead of rerunning it")
     args = parser.parse_args()
     targets = args.targets or QUICK_TARGETS
     overrides = {} if args.set_default else QUICK
-    if args.workdir.exists():
-        subprocess.run(["rm", "-rf", str(args.workdir)], check=True)
-    args.workdir.mkdir(parents=True)
     reference, chaos = args.workdir / "reference", args.workdir / "chaos"
-    clone(reference, overrides)
+    done = args.workdir / "reference.seconds"
+    if not (args.reuse_reference and done.exists()):
+        subprocess.run(["rm", "-rf", str(args.workdir)], check=True)
+        args.workdir.mkdir(parents=True)
+        clone(reference, overrides)
+        print(f"chaos: reference run of {' '.join(targets)} in {reference}", flush=True)
+        done.write_text(str(run_reference(reference, targets, args.workdir / "reference.log")))
+    seconds = float(done.read_text())
+    subprocess.run(["rm", "-rf", str(chaos)], check=True)
     clone(chaos, overrides)
-    print(f"chaos: reference run of {' '.join(targets)} in {reference}", flush=True)
-    seconds = run_reference(reference, targets, args.workdir / "reference.log")
+    print(f"chaos: chaos run at {_commit(chaos)} (reference at {_commit(reference)})", flush=True)
     durations = stage_durations(args.workdir / "reference.log")
     print(f"chaos: reference took {seconds:.0f} s; stages: "
           + ", ".join(f"{s} {d:.0f} s" for s, d in durations.items()), flush=True)
@@ -295,6 +303,10 @@ def main() -> None:
     print("tracking stores (runs/ and MongoDB): "
           + ("every step once, one completed run per stage and seed, none RUNNING" if not problems else str(problems)))
     sys.exit(1 if differ or orphans or problems else 0)
+
+
+def _commit(root: Path) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
 
 
 def _stage_outs(lock: Path) -> dict[str, str]:
