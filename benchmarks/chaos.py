@@ -172,7 +172,8 @@ def tracking_check(root: Path) -> list[str]:
         if run["status"] == "RUNNING":
             problems.append(f"{run_json.parent}: still RUNNING")
         completed[key] += run["status"] == "COMPLETED"
-        metrics = json.loads((run_json.parent / "metrics.json").read_text() or "{}")
+        metrics_json = run_json.parent / "metrics.json"  # absent when killed before its first metric
+        metrics = json.loads(metrics_json.read_text() or "{}") if metrics_json.exists() else {}
         if run_json.parts[-3] in ("pretrain", "train"):
             steps[key].update(metrics.get("train/loss", {}).get("steps", []))
     for key, n in completed.items():
@@ -202,7 +203,8 @@ def database_check(root: Path) -> list[str]:
                 continue
             if docs[0]["status"] != local["status"] or docs[0]["status"] == "RUNNING":
                 problems.append(f"{run_json.parent}: {docs[0]['status']} in MongoDB, {local['status']} in runs/")
-            metrics = json.loads((run_json.parent / "metrics.json").read_text() or "{}")
+            metrics_json = run_json.parent / "metrics.json"
+            metrics = json.loads(metrics_json.read_text() or "{}") if metrics_json.exists() else {}
             for metric in db.metrics.find({"run_id": docs[0]["_id"], "name": "train/loss"}):
                 if metric["steps"] != metrics.get("train/loss", {}).get("steps"):
                     problems.append(f"{run_json.parent}: train/loss steps differ from MongoDB's")
@@ -217,6 +219,8 @@ def main() -> None:
     parser.add_argument("--targets", nargs="+", help=f"dvc repro targets (default: {' '.join(QUICK_TARGETS)})")
     parser.add_argument("--set-default", action="store_true", help="the default params instead of the quick setting")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/clipflux-chaos"))
+    parser.add_argument("--check-only", action="store_true",
+                        help="only compare and check a finished chaos run in --workdir (kills read from chaos.log)")
     parser.add_argument("--reuse-reference", action="store_true",
                         help="keep a finished reference run in --workdir (from an earlier call) instead of rerunning it")
     args = parser.parse_args()
@@ -231,6 +235,8 @@ def main() -> None:
         print(f"chaos: reference run of {' '.join(targets)} in {reference}", flush=True)
         done.write_text(str(run_reference(reference, targets, args.workdir / "reference.log")))
     seconds = float(done.read_text())
+    if args.check_only:
+        return report(args, reference, chaos, seconds, targets)
     subprocess.run(["rm", "-rf", str(chaos)], check=True)
     clone(chaos, overrides)
     print(f"chaos: chaos run at {_commit(chaos)} (reference at {_commit(reference)})", flush=True)
@@ -265,6 +271,7 @@ def main() -> None:
             left = survivors(chaos)
             if left:
                 orphans.extend(left)
+                log.write("".join(f"### left behind: {line}\n" for line in left))
                 for line in left:
                     os.kill(int(line.split(":")[0]), signal.SIGKILL)
         final = Repro(chaos, targets, log)
@@ -274,6 +281,18 @@ def main() -> None:
         raise SystemExit(f"chaos: the last dvc repro failed ({code}); see {args.workdir / 'chaos.log'}")
     chaos_seconds = time.monotonic() - start
 
+    (args.workdir / "chaos.seconds").write_text(f"{chaos_seconds}")
+    report(args, reference, chaos, seconds, targets)
+
+
+def report(args, reference: Path, chaos: Path, seconds: float, targets: list[str]) -> None:
+    """Compare the two clones, check the chaos clone's stores, print the table; exit 1 if anything differs."""
+    durations = stage_durations(args.workdir / "reference.log")
+    log = (args.workdir / "chaos.log").read_text()
+    kills = Counter(m.group(1) for m in re.finditer(r"^### SIGKILL in (\S+) after", log, re.M))
+    reruns = sum(kills.values()) + 1
+    chaos_seconds = float((args.workdir / "chaos.seconds").read_text())
+    orphans = re.findall(r"^### left behind: (.*)$", log, re.M)
     ran = {p for p, s in _stage_outs(reference / "dvc.lock").items() if s in durations}  # the stages that ran
     ref_outs, chaos_outs = outputs(reference / "dvc.lock"), outputs(chaos / "dvc.lock")
     ref_outs = {p: md5 for p, md5 in ref_outs.items() if p in ran}
