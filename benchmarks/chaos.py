@@ -162,8 +162,9 @@ def outputs(lock: Path) -> dict[str, str]:
 
 
 def tracking_check(root: Path) -> list[str]:
-    """What is wrong with the chaos clone's runs: a RUNNING run, a stage/seed without exactly one completed run,
-    a training step logged twice or missing."""
+    """What is wrong with the chaos clone's runs: a RUNNING run, a stage/seed without exactly one current completed
+    run, a training step logged twice or missing among the current runs (those no later run `replaced_by`: a stage
+    DVC reran because it was killed before recording it)."""
     problems, completed, steps = [], Counter(), defaultdict(Counter)
     for run_json in sorted((root / "runs").glob("*/[0-9]*/run.json")):
         run = json.loads(run_json.read_text())
@@ -171,6 +172,8 @@ def tracking_check(root: Path) -> list[str]:
         key = (run["meta"].get("dvc_stage"), config.get("seed_index"))
         if run["status"] == "RUNNING":
             problems.append(f"{run_json.parent}: still RUNNING")
+        if run.get("replaced_by") is not None:
+            continue
         completed[key] += run["status"] == "COMPLETED"
         metrics_json = run_json.parent / "metrics.json"  # absent when killed before its first metric
         metrics = json.loads(metrics_json.read_text() or "{}") if metrics_json.exists() else {}

@@ -306,6 +306,27 @@ def test_a_killed_run_shows_as_dead_and_a_fresh_start_supersedes_it_in_both_stor
     assert local["train/loss"]["steps"] == []
 
 
+def test_a_stage_run_again_with_the_same_config_replaces_its_earlier_run_in_both_stores(live, project):
+    """DVC reruns a finished stage (killed before it recorded it, or its code changed): the new run replaces the
+    earlier completed run of the same stage and config, which keeps its record; other configs are left alone."""
+    run_tracked("train", {"seed": 0, "method": "ema"}, _work(steps=3), checkpoints="checkpoints/x/seed_0")
+    run_tracked("train", {"seed": 0, "method": "lwf"}, _work(steps=3), checkpoints="checkpoints/y/seed_0")
+    run_tracked("evaluate", {"seed": 0, "method": "ema"}, _work(steps=3))  # another stage, the same config
+    run_tracked("train", {"seed": 0, "method": "ema"}, _work(steps=3), checkpoints="checkpoints/x/seed_0")
+    db = _db(live.port)
+    [first, other, evaluate, again] = sorted(db.runs.find(), key=lambda d: d["_id"])
+    assert first["status"] == "COMPLETED" and first["replaced_by"] == again["_id"]
+    assert again["info"]["replaces"] == [first["_id"]] and "replaced_by" not in again
+    assert "replaced_by" not in other and "replaced_by" not in evaluate
+    local = {json.loads(p.read_text())["meta"]["clipflux_uid"]: json.loads(p.read_text())
+             for p in (project / "runs" / "train").glob("*/run.json")}
+    assert local[first["meta"]["clipflux_uid"]]["replaced_by"] == again["_id"]
+    assert [d for d in local.values() if "replaced_by" in d] == [local[first["meta"]["clipflux_uid"]]]
+    db.runs.delete_many({})  # a database that missed it all: the upload carries the marks
+    upload(db, project / "runs")
+    assert db.runs.find_one({"meta.clipflux_uid": first["meta"]["clipflux_uid"]})["replaced_by"] == again["_id"]
+
+
 def test_a_dead_run_is_buried_by_the_next_run_of_any_stage(live, project):
     _die_in_a_run(project, "checkpoints/x/seed_0")
     run_tracked("evaluate", {"seed": 1}, _work(steps=2))  # another stage: no checkpoints, nothing to supersede

@@ -74,6 +74,9 @@ def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision, opti
     assert state_sha256(resumed.model.state_dict()) == state_sha256(reference.model.state_dict())
     merged = {(k, s): v for k, v, s in seen + resumed_log}
     assert merged == {(k, s): v for k, v, s in reference_log}
+    # The final checkpoint (DVC caches it) is the same file: a resume leaves no trace, not even in the RNG states.
+    final = sorted((tmp_path / "ref").glob("ckpt-*.pt"))[-1]
+    assert final.read_bytes() == (tmp_path / "run" / final.name).read_bytes()
 
 
 def test_bf16_autocast_changes_the_numbers_but_still_learns(tiny_shards, tmp_path):

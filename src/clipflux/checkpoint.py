@@ -12,7 +12,9 @@ import hashlib
 import io
 import logging
 import os
+import pickle
 import shutil
+import types
 from pathlib import Path
 from typing import Any
 
@@ -51,12 +53,31 @@ def _replace(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
+class _ValuePickler(pickle.Pickler):
+    """A pickler without a memo: its bytes are a function of the values alone.
+
+    The standard pickler writes an object seen before as a back-reference, so its bytes depend on which equal
+    values are one object: a resumed run's state (keys, numpy dtypes, RNG tuples read back from a checkpoint) is
+    equal to an uninterrupted run's but not shaped the same in memory, and would pickle differently. Tensors'
+    storages are unaffected (torch writes each once, by its own bookkeeping); a state holds no cycles.
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fast = True  # no memo (the C pickler's documented fast mode)
+
+
+_VALUE_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_ValuePickler)
+
+
 def save(directory: str | Path, task: int, step: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write a checkpoint for position (task, step) and prune all but the newest `keep`."""
+    """Write a checkpoint for position (task, step) and prune all but the newest `keep`. The same state gives the
+    same bytes however it came about, so a resumed run's checkpoints (DVC caches the last) equal an uninterrupted
+    run's."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save(state, buffer, pickle_module=_VALUE_PICKLE)
     data = buffer.getvalue()
     path = directory / f"ckpt-{task:04d}-{step:08d}.pt"
     _atomic_write(path, data)

@@ -251,8 +251,11 @@ class Trainer:
     def _loader(self, task: int, start_step: int) -> torch.utils.data.DataLoader:
         # Each rank reads only its slice of every batch.
         batches = self._batches(task, self.steps(task)).shard(self.placement.rank, self.placement.world_size)
+        # Its own generator: a loader otherwise draws its workers' base seed from the global generator, one draw
+        # per loader, so a resumed run (one more loader) would checkpoint a global RNG state one draw ahead of an
+        # uninterrupted run's: the same weights, but not the same checkpoint bytes. Batches never use the seed.
         return torch.utils.data.DataLoader(batches, batch_size=None, sampler=range(start_step, len(batches)),
-                                           num_workers=self.run.workers,
+                                           num_workers=self.run.workers, generator=torch.Generator().manual_seed(0),
                                            pin_memory=self.run.pin_memory and self.placement.device.type == "cuda")
 
     def _context(self, task: int) -> TaskContext:

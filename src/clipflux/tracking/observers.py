@@ -18,7 +18,8 @@ from sacred.observers import FileStorageObserver, MongoObserver
 from sacred.utils import apply_backspaces_and_linefeeds
 
 from clipflux.tracking.resume import (bury_dead_database, bury_dead_folder, predecessor_in_database,
-                                      predecessor_in_folder, truncate_database, truncate_folder)
+                                      predecessor_in_folder, replaced_in_database, replaced_in_folder,
+                                      truncate_database, truncate_folder)
 from clipflux.tracking.store import Store, redact
 
 MAX_OUTPUT_LINES = 2000
@@ -100,6 +101,11 @@ class LocalFileObserver(FileStorageObserver):
         with self._lock:
             return predecessor_in_folder(Path(self.basedir), checkpoints, own)
 
+    def mark_replaced(self, stage: str, config_hash: str, own: str, by: Any) -> list[Any]:
+        """Mark the earlier completed runs here of the same stage and configuration as replaced (`tracking.resume`)."""
+        with self._lock:
+            return replaced_in_folder(Path(self.basedir), stage, config_hash, own, by)
+
     def bury_dead(self) -> None:
         """Mark the runs of every stage (runs/<stage>/) whose process died as INTERRUPTED (`tracking.resume`)."""
         with self._lock:
@@ -144,6 +150,11 @@ class ResilientMongoObserver(MongoObserver):
     def find_predecessor(self, checkpoints: str, own: str | None) -> dict[str, Any] | None:
         """The newest unfinished run in the database that trained into `checkpoints` (see `tracking.resume`)."""
         return self._guard("find_predecessor", lambda: predecessor_in_database(self.runs.database, checkpoints, own))
+
+    def mark_replaced(self, stage: str, config_hash: str, own: str, by: Any) -> list[Any] | None:
+        """Mark the earlier completed runs in the database of the same stage and configuration as replaced."""
+        return self._guard("mark_replaced",
+                           lambda: replaced_in_database(self.runs.database, stage, config_hash, own, by))
 
     def bury_dead(self) -> None:
         """Mark this host's runs in the database whose process died as INTERRUPTED (`tracking.resume`)."""

@@ -10,6 +10,11 @@ step are dropped from every store, and the two runs together hold each step exac
 marked INTERRUPTED with the id of the run that resumed it. A run that starts afresh in a folder whose last run
 died before its first checkpoint supersedes that run: all of the dead run's entries are dropped.
 
+A stage run again with the same configuration (DVC reruns it when its code changed, or when the machine died
+after the stage finished but before DVC recorded it) makes the outputs the earlier run made: the new run
+`replaces` the earlier COMPLETED runs of the same stage and configuration (`meta.config_sha256`), which keep
+their record and get `replaced_by`. The current runs, those not replaced, hold each step exactly once.
+
 A run whose process died (SIGKILL, a lost machine) cannot say so itself. Every run records its host, pid and
 the pid's start time (`process_identity`); the next run that starts, and `clipflux tracking upload`, mark the
 RUNNING runs of this host whose process is gone as INTERRUPTED with `died` set (`bury_dead_*`), so a killed run
@@ -18,6 +23,7 @@ never stays RUNNING. Runs of other hosts show as dead in Omniboard once their he
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -98,6 +104,57 @@ def predecessor_in_database(db: Any, checkpoints: str, own: str | None) -> dict[
                              {"_id": 1, "meta": 1, "status": 1, "start_time": 1, "resumed_by": 1}))
     doc = _newest_unfinished(docs, checkpoints, own)
     return None if doc is None else {"id": doc["_id"], "uid": doc["meta"]["clipflux_uid"]}
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """The hash of a run's configuration that tells runs of the same experiment apart (`meta.config_sha256`)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def replace_earlier(run: Any) -> list[Any]:
+    """Mark the earlier COMPLETED runs of `run`'s stage and configuration as `replaced_by` it, in every store;
+    records their ids in `run.info["replaces"]` (none: nothing recorded) and returns them."""
+    meta = run.meta_info
+    ids: list[Any] = []
+    for observer in run.observers:
+        mark = getattr(observer, "mark_replaced", None)
+        found = mark(meta["stage"], meta["config_sha256"], meta["clipflux_uid"], run._id) if mark else None
+        ids = ids or (found or [])
+    if ids:
+        run.info["replaces"] = ids
+    return ids
+
+
+def _earlier_same(doc: dict, stage: str, config_hash: str, own: str) -> bool:
+    meta = doc.get("meta", {})
+    return (meta.get("stage") == stage and meta.get("config_sha256") == config_hash and doc.get("status") == "COMPLETED"
+            and not doc.get("replaced_by") and meta.get("clipflux_uid") != own)
+
+
+def replaced_in_folder(basedir: Path, stage: str, config_hash: str, own: str, by: Any) -> list[Any]:
+    """`replace_earlier` among the file-observer runs under `basedir`; returns their ids."""
+    ids = []
+    for run_json in sorted(Path(basedir).glob("*/run.json")):
+        try:
+            doc = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if _earlier_same(doc, stage, config_hash, own):
+            doc["replaced_by"] = by
+            _write_json(run_json, doc)
+            folder = run_json.parent.name
+            ids.append(int(folder) if folder.isdigit() else folder)
+    return ids
+
+
+def replaced_in_database(db: Any, stage: str, config_hash: str, own: str, by: Any) -> list[Any]:
+    """`replace_earlier` among the MongoDB runs; returns their ids."""
+    docs = db.runs.find({"meta.stage": stage, "meta.config_sha256": config_hash, "status": "COMPLETED"},
+                        {"_id": 1, "meta": 1, "status": 1, "replaced_by": 1})
+    ids = [doc["_id"] for doc in docs if _earlier_same(doc, stage, config_hash, own)]
+    if ids:
+        db.runs.update_many({"_id": {"$in": ids}}, {"$set": {"replaced_by": by}})
+    return ids
 
 
 def kept(metric: dict[str, list], below: int) -> dict[str, list]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from clipflux.tracking import lineage
-from clipflux.tracking.resume import continue_run, process_identity
+from clipflux.tracking.resume import config_sha256, continue_run, process_identity, replace_earlier
 from clipflux.tracking.store import StoreError, project_root, redact
 
 T = TypeVar("T")
@@ -132,6 +132,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
             bury = getattr(observer, "bury_dead", None)
             if bury:
                 bury()
+        replace_earlier(_run)  # the same stage and configuration run again: its earlier runs are history
         result["value"] = main(Run(_run, checkpoints))
         try:
             _run.info["lineage"]["outputs"] = lineage.dvc_outputs(root, address)
@@ -145,7 +146,8 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
             ex.observers.append(mongo)
         run = ex.run(options={"--capture": "sys"}, info=info,
                      meta_info={"clipflux_uid": uuid.uuid4().hex, "stage": stage, "dvc_stage": address,
-                                "checkpoints": checkpoints, **process_identity()})
+                                "checkpoints": checkpoints, "config_sha256": config_sha256(config),
+                                **process_identity()})
     if mongo is not None and mongo.failure:
         print(f"clipflux: run {run._id} is in {local_copy} but not (fully) in MongoDB: "
               "run `clipflux tracking upload` once MongoDB is back", file=sys.stderr)

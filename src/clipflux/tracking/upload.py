@@ -68,13 +68,17 @@ def _time(value: str | None) -> dt.datetime | None:
     return dt.datetime.fromisoformat(value) if value else None
 
 
+# What clipflux marks on a run after it ran (`tracking.resume`): kept in both stores alike.
+MARKS = ("resumed_by", "died", "replaced_by")
+
+
 def _without_metric_ids(info: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in info.items() if k != "metrics"}
 
 
 def in_sync(db: Any, doc: dict[str, Any], local: LocalRun) -> bool:
     """Whether the database already holds everything the local copy holds."""
-    if (doc.get("status"), doc.get("result")) != (local.run.get("status"), local.run.get("result")):
+    if any(doc.get(key) != local.run.get(key) for key in ("status", "result", *MARKS)):
         return False
     if _without_metric_ids(doc.get("info") or {}) != _without_metric_ids(local.info):
         return False
@@ -128,7 +132,7 @@ def _document(db: Any, fs: Any, local: LocalRun, _id: int) -> dict[str, Any]:
         "captured_out": local.captured_out, "info": {**local.info, "metrics": metric_ids},
         "heartbeat": _time(run.get("heartbeat")), "result": run.get("result"),
     }
-    for key in ("stop_time", "fail_trace"):
+    for key in ("stop_time", "fail_trace", *MARKS):
         if key in run:
             doc[key] = _time(run[key]) if key == "stop_time" else run[key]
     return doc
