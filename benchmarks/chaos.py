@@ -9,8 +9,9 @@ spreads `--kills` kills over the stages (seeded: each kill picks a stage, still 
 reference's duration of that stage; the last stretch of a training stage, where it finishes, gets its share) and
 kills the session (dvc, the shell, the stage, any torchrun worker) with SIGKILL, then looks for survivors. Once
 the kills are spent, `dvc repro` runs to the end. Then it compares every output hash of the two dvc.lock files and
-checks the tracking stores of the chaos clone (`runs/` and its MongoDB): every training step logged once, one
-completed run per stage and seed, no run left RUNNING. It prints a table: kills per stage, reruns, outputs
+checks the tracking stores of the chaos clone (`runs/` and its MongoDB): among the current runs (those no later run
+of the same stage and config `replaced_by`), every training step logged once and one completed run per stage and
+seed; no run left RUNNING. It prints a table: kills per stage, reruns, outputs
 identical or not; the exit status is 0 only when everything holds.
 """
 

@@ -163,3 +163,106 @@ def test_dare_ties_is_deterministic_per_seed_and_without_drops_equals_ties(s, se
     assert close(run(), run())
     no_drop = merging.dare_ties(models, base, 1.0, 1.0, torch.Generator().manual_seed(seed))
     assert close(no_drop, merging.ties(models, base, 1.0, 1.0))
+
+
+# -- FiF's other operators (Breadcrumbs-TIES, MagMax, Model Stock, TALL masks, random) and LiNeS -----------------
+
+
+def test_breadcrumbs_drops_both_magnitude_tails():
+    base = sd(*[0.0] * 10)
+    one = sd(10, -9, 8, 7, -6, 5, 4, -3, 2, 1)
+    # density 0.6 drops the 4 smallest magnitudes (4, 3, 2, 1), top_drop 0.2 the 2 largest (10, 9).
+    kept = merging.breadcrumbs(merging.task_vectors([one], base), density=0.6, top_drop=0.2)
+    assert torch.equal(kept, torch.tensor([[0, 0, 8, 7, -6, 5, 0, 0, 0, 0]], dtype=torch.float64))
+    # Merged alone with TIES's sign election and disjoint mean, the survivors are the merged task vector.
+    merged = merging.breadcrumbs_ties([one], base, density=0.6, top_drop=0.2, scale=0.5)["w"]
+    assert torch.equal(merged, 0.5 * kept[0])
+    with pytest.raises(ValueError, match="leaves none"):
+        merging.breadcrumbs(kept, density=0.2, top_drop=0.2)
+
+
+def test_magmax_takes_the_largest_magnitude_update_of_each_entry():
+    base = sd(1, 1, 1, 1)
+    a = sd(1 + 3, 1 - 5, 1 + 0.5, 1 + 2)  # task vector (3, -5, 0.5, 2)
+    b = sd(1 - 4, 1 + 1, 1 + 0.25, 1 - 2)  # task vector (-4, 1, 0.25, -2): a tie in the last entry
+    merged = merging.magmax([a, b], base, scale=1.0)["w"]
+    assert torch.equal(merged, torch.tensor([1 - 4, 1 - 5, 1 + 0.5, 1 + 2], dtype=torch.float64))  # tie: a's
+    assert torch.equal(merging.magmax([a, b], base, scale=0.5)["w"], torch.tensor([-1, -1.5, 1.25, 2]).double())
+
+
+def test_model_stock_ratio_comes_from_the_angle_between_the_task_vectors():
+    base = {"w": torch.tensor([1.0, 1.0], dtype=torch.float64), "v": torch.zeros(2, dtype=torch.float64)}
+    # w: task vectors (2, 0) and (1, 1), 45 degrees apart: cos = 1/sqrt(2), ratio = 2 cos / (1 + cos).
+    a = {"w": torch.tensor([3.0, 1.0], dtype=torch.float64), "v": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    b = {"w": torch.tensor([2.0, 2.0], dtype=torch.float64), "v": torch.tensor([0.0, 1.0], dtype=torch.float64)}
+    merged = merging.model_stock(a, b, base)
+    cos = 1 / math.sqrt(2)
+    ratio = 2 * cos / (1 + cos)
+    assert torch.allclose(merged["w"], ratio * torch.tensor([2.5, 1.5]).double() + (1 - ratio) * base["w"])
+    # v: orthogonal task vectors, cos = 0: ratio 0, the base itself.
+    assert torch.allclose(merged["v"], base["v"])
+    # The same direction (cos = 1): ratio 1, the plain average.
+    assert torch.allclose(merging.model_stock(a, a, base)["w"], a["w"])
+
+
+def test_tall_masks_keep_the_summed_task_vector_where_enough_tasks_agree():
+    base = sd(0, 0, 0)
+    a = sd(2, 0.1, 1)  # task vectors tau_a, tau_b; tau = (2, 2.1, 2)
+    b = sd(0, 2, 1)
+    # |tau_t| > 0.4 |tau - tau_t|: a (2 > 0, 0.1 > 0.8? no, 1 > 0.4), b (0 > 0.8? no, 2 > 0.04, 1 > 0.4)
+    both = merging.tall_masks([a, b], base, scale=1.0, lam=0.4, min_tasks=2)["w"]
+    assert torch.equal(both, torch.tensor([0, 0, 2], dtype=torch.float64))
+    one = merging.tall_masks([a, b], base, scale=1.0, lam=0.4, min_tasks=1)["w"]
+    assert torch.equal(one, torch.tensor([2, 2.1, 2], dtype=torch.float64))
+    # FiF's default threshold 0 keeps everything: task arithmetic.
+    assert torch.equal(merging.tall_masks([a, b], base, 1.0, 0.4, 0)["w"],
+                       merging.task_arithmetic([a, b], base, 1.0)["w"])
+
+
+def test_random_merge_takes_each_entry_from_one_model_drawn_with_the_generator():
+    base = sd(*[0.0] * 64)
+    a, b = sd(*[1.0] * 64), sd(*[-1.0] * 64)
+    merged = merging.random_merge([a, b], base, 1.0, torch.Generator().manual_seed(3))["w"]
+    assert set(merged.tolist()) == {1.0, -1.0}  # every entry from a or b, both drawn
+    again = merging.random_merge([a, b], base, 1.0, torch.Generator().manual_seed(3))["w"]
+    assert torch.equal(merged, again)
+
+
+def test_lines_scales_the_first_block_by_alpha_and_the_last_by_alpha_plus_beta():
+    base = {f"transformer.resblocks.{i}.w": torch.zeros(2) for i in range(5)} | {"ln_final.weight": torch.zeros(1)}
+    for shape, expected in [("linear", [0.1, 0.3, 0.5, 0.7, 0.9]), ("quadratic", [0.1, 0.15, 0.3, 0.55, 0.9]),
+                            ("sqrt", [0.1, 0.1 + 0.8 * 0.5, 0.1 + 0.8 * 0.5 ** 0.5, 0.1 + 0.8 * 0.75 ** 0.5, 0.9])]:
+        factors = merging.lines_scaling(base, alpha=0.1, beta=0.8, shape=shape)
+        per_key = factors.reshape(-1)[[0, 2, 4, 6, 8, 10]].tolist()
+        assert per_key == pytest.approx(expected + [0.1]), shape  # outside the blocks: alpha
+    # As the scale of task arithmetic: block l's update times its factor.
+    model = {k: torch.ones_like(v) for k, v in base.items()}
+    merged = merging.task_arithmetic([model], base, merging.lines_scaling(base, 0.1, 0.8, "linear"))
+    assert merged["transformer.resblocks.4.w"].tolist() == pytest.approx([0.9, 0.9])
+    with pytest.raises(ValueError, match="resblocks"):
+        merging.lines_scaling({"conv.weight": torch.zeros(1)}, 0.5, 0.5, "linear")
+
+
+@given(states(3), st.floats(0.3, 1.0), st.floats(0.0, 0.2))
+def test_breadcrumbs_keeps_a_middle_band_of_each_task_vector(s, density, top_drop):
+    base, *models = s
+    vectors = merging.task_vectors(models, base)
+    if int((1 - density) * vectors.shape[1]) + int(top_drop * vectors.shape[1]) >= vectors.shape[1]:
+        return
+    kept = merging.breadcrumbs(vectors, density, top_drop)
+    for row, out in zip(vectors, kept):
+        on = out != 0
+        assert torch.equal(out[on], row[on])  # survivors unchanged
+        if on.any() and (~on & (row != 0)).any():  # each dropped entry lies outside the survivors' band
+            dropped = row[~on & (row != 0)].abs()
+            lo, hi = row[on].abs().min(), row[on].abs().max()
+            assert ((dropped <= lo) | (dropped >= hi)).all()
+
+
+@given(states(3))
+def test_magmax_picks_per_entry_a_model_update_of_largest_magnitude(s):
+    base, *models = s
+    delta = merging.task_vectors([merging.magmax(models, base, 1.0)], base)[0]
+    vectors = merging.task_vectors(models, base)
+    assert torch.allclose(delta.abs(), vectors.abs().max(dim=0).values)
+    assert ((delta.unsqueeze(0) - vectors).abs().min(dim=0).values < 1e-9).all()  # one of the models' values

@@ -371,7 +371,8 @@ def test_paint_merges_after_every_task_and_trains_from_the_chosen_weights(train_
     assert torch.allclose(method.merged[key], zeroshot[key] + (0.5 + start + 1.0) / 2)
 
 
-@pytest.mark.parametrize("operator", ["slerp", "task_arithmetic", "ties", "dare_ties"])
+@pytest.mark.parametrize("operator", ["slerp", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax",
+                                      "model_stock", "tall_masks", "random"])
 def test_paint_runs_every_operator_from_the_zero_shot_base(operator):
     model, tokenizer = _model()
     method = build_method("paint", dict(PARAMS["paint"], operator=operator, density=1.0, scale=1.0))
@@ -379,12 +380,41 @@ def test_paint_runs_every_operator_from_the_zero_shot_base(operator):
     zeroshot = snapshot(model)
     _train_like(model, 0.1)
     method.end_task(_context(tokenizer, 0))
-    merged = method.merged["visual.proj"]
+    merged, start = method.merged["visual.proj"], zeroshot["visual.proj"]
     if operator == "slerp":  # halfway along the arc from the zero-shot to the finetuned weights
         expected = merging.slerp(zeroshot, snapshot(model), 0.5)["visual.proj"]
-        assert torch.allclose(merged, expected) and not torch.allclose(merged, zeroshot["visual.proj"])
+        assert torch.allclose(merged, expected) and not torch.allclose(merged, start)
+    elif operator == "model_stock":  # the running merge's task vector is zero: cosine 0, the zero-shot model (FiF)
+        assert torch.equal(merged, start)
+    elif operator == "random":  # each entry from the new model or from the running merge (the zero-shot model)
+        new = torch.isclose(merged, start + 0.1, atol=1e-6)
+        assert (new | torch.isclose(merged, start)).all() and 0 < new.float().mean() < 1
     else:  # the first merge of a task vector with the zero-shot model (task vector 0) is the task vector
-        assert torch.allclose(merged, zeroshot["visual.proj"] + 0.1, atol=1e-6)
+        assert torch.allclose(merged, start + 0.1, atol=1e-6)
+
+
+def test_paint_with_lines_scales_each_block_of_the_merged_task_vector():
+    model, tokenizer = _model()
+    lines = {"apply": True, "alpha": 0.5, "beta": 0.5, "shape": "linear"}
+    method = build_method("paint", dict(PARAMS["paint"], operator="task_arithmetic", lines=lines))
+    method.setup(model)
+    zeroshot = snapshot(model)
+    _train_like(model, 0.1)
+    method.end_task(_context(tokenizer, 0))
+    last = max(int(k.split(".")[3]) for k in zeroshot if k.startswith("visual.transformer.resblocks."))
+    for key, factor in [("visual.transformer.resblocks.0.mlp.c_fc.weight", 0.5),
+                        (f"visual.transformer.resblocks.{last}.mlp.c_fc.weight", 1.0), ("visual.proj", 0.5)]:
+        assert torch.allclose(method.merged[key], zeroshot[key] + 0.1 * factor, atol=1e-6), key
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"operator": "interpolation", "lines": {"apply": True}}, "lines.apply: LiNeS scales a merged task vector"),
+    ({"operator": "breadcrumbs_ties", "top_drop": 0.5, "density": 0.3}, "top_drop: must be in"),
+    ({"lines": {"shape": "cubic"}}, "lines.shape"),
+])
+def test_paint_refuses_settings_that_cannot_work_naming_the_key(change, message):
+    with pytest.raises(ConfigError, match=message):
+        build_method("paint", dict(PARAMS["paint"], **change))
 
 
 def test_patching_starts_from_the_first_model_then_interpolates_with_the_previous_patch():

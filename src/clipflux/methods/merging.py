@@ -12,6 +12,22 @@ The operators Fomo-in-Flux compares (Roth, Udandarao et al., NeurIPS 2024 D&B, a
 - `dare_ties`: drop each task-vector entry with probability 1 - density and rescale the rest by 1/density
   (Yu et al., ICML 2024, arXiv 2311.03099), then TIES's sign election and disjoint mean.
 
+- `breadcrumbs_ties`: drop each task vector's largest-magnitude `top_drop` and smallest-magnitude 1 - density
+  fractions (outliers and noise), then TIES's sign election and disjoint mean (Davari & Belilovsky, ECCV 2024,
+  arXiv 2312.06795; FiF `merge.py:721-803`).
+- `magmax`: per entry, the task-vector value of largest magnitude (Marczak et al., ECCV 2024, arXiv 2407.06322;
+  FiF `merge.py:489-541`).
+- `model_stock`: per tensor, the average of the two models pulled towards the base by a ratio from the angle
+  between their task vectors, 2 cos / (cos + 1) (Jang et al., ECCV 2024, arXiv 2403.19522; FiF
+  `merge.py:867-952`).
+- `tall_masks`: task arithmetic kept only where at least `min_tasks` tasks' TALL masks agree that the entry
+  matters to them (Wang et al., ICML 2024, arXiv 2405.07813; FiF `merge.py:955-1046`).
+- `random_merge`: per entry, the task-vector value of a model drawn uniformly (FiF `merge.py:1049-1092`).
+
+LiNeS (Wang et al., ICLR 2025, arXiv 2410.17146; FiF `merge.py:217-301`) scales a merged task vector layer by
+layer instead of by one factor: `lines_scaling` gives the per-entry factors to pass as `scale` to the operators
+that merge task vectors.
+
 Task vectors are taken over every floating-point entry; TIES trims over the whole flattened model, as the
 TIES reference and FiF do. Non-floating entries (integer buffers) are copied from the base.
 """
@@ -19,12 +35,16 @@ TIES reference and FiF do. Non-floating entries (integer buffers) are copied fro
 from __future__ import annotations
 
 import math
-from typing import Literal
+import re
+from typing import Literal, Union
 
 import torch
 
 StateDict = dict[str, torch.Tensor]
-Operator = Literal["interpolation", "slerp", "task_arithmetic", "ties", "dare_ties"]
+Operator = Literal["interpolation", "slerp", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax",
+                   "model_stock", "tall_masks", "random"]
+# A merged task vector's factor: one number, or one per entry (`lines_scaling`).
+Scale = Union[float, torch.Tensor]
 
 
 def _check_keys(*states: StateDict) -> None:
@@ -86,7 +106,7 @@ def _add_to_base(base: StateDict, flat: torch.Tensor) -> StateDict:
     return merged
 
 
-def task_arithmetic(models: list[StateDict], base: StateDict, scale: float) -> StateDict:
+def task_arithmetic(models: list[StateDict], base: StateDict, scale: Scale) -> StateDict:
     """base + scale * sum_i (model_i - base); scale = 0 gives the base."""
     return _add_to_base(base, scale * task_vectors(models, base).sum(dim=0))
 
@@ -115,7 +135,7 @@ def disjoint_mean(vectors: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return (vectors * agree).sum(dim=0) / count
 
 
-def ties(models: list[StateDict], base: StateDict, density: float, scale: float) -> StateDict:
+def ties(models: list[StateDict], base: StateDict, density: float, scale: Scale) -> StateDict:
     """TIES-merging: trim to `density`, elect signs, disjoint mean; base + scale * merged task vector."""
     trimmed = trim(task_vectors(models, base), density)
     return _add_to_base(base, scale * disjoint_mean(trimmed, elect_sign(trimmed)))
@@ -129,8 +149,90 @@ def dare(vectors: torch.Tensor, density: float, generator: torch.Generator) -> t
     return torch.where(keep, vectors / density, torch.zeros_like(vectors))
 
 
-def dare_ties(models: list[StateDict], base: StateDict, density: float, scale: float,
+def dare_ties(models: list[StateDict], base: StateDict, density: float, scale: Scale,
               generator: torch.Generator) -> StateDict:
     """DARE-TIES: random drop and rescale (from `generator`), then TIES's sign election and disjoint mean."""
     dropped = dare(task_vectors(models, base), density, generator)
     return _add_to_base(base, scale * disjoint_mean(dropped, elect_sign(dropped)))
+
+
+def breadcrumbs(vectors: torch.Tensor, density: float, top_drop: float) -> torch.Tensor:
+    """Per row, zero the entries below the magnitude of the int((1 - density) n)-th smallest and above that of the
+    int(top_drop n)-th largest; entries equal to a threshold stay (FiF `merge.py:763-803`)."""
+    n = vectors.shape[1]
+    bottom, top = int((1.0 - density) * n), int(top_drop * n)
+    if bottom + top >= n:
+        raise ValueError(f"breadcrumbs: dropping {1.0 - density} and {top_drop} of {n} entries leaves none")
+    magnitudes = vectors.abs()
+    ordered = magnitudes.sort(dim=1).values
+    low, high = ordered[:, bottom:bottom + 1], ordered[:, n - top - 1:n - top]
+    return vectors * ((magnitudes >= low) & (magnitudes <= high))
+
+
+def breadcrumbs_ties(models: list[StateDict], base: StateDict, density: float, top_drop: float,
+                     scale: Scale) -> StateDict:
+    """Breadcrumbs-TIES: drop both magnitude tails of each task vector, elect signs, disjoint mean."""
+    kept = breadcrumbs(task_vectors(models, base), density, top_drop)
+    return _add_to_base(base, scale * disjoint_mean(kept, elect_sign(kept)))
+
+
+def magmax(models: list[StateDict], base: StateDict, scale: float) -> StateDict:
+    """base + scale * (per entry, the task-vector value of largest magnitude; on a tie, the first model's)."""
+    vectors = task_vectors(models, base)
+    chosen = vectors.gather(0, vectors.abs().argmax(dim=0, keepdim=True))[0]
+    return _add_to_base(base, scale * chosen)
+
+
+def model_stock(a: StateDict, b: StateDict, base: StateDict, eps: float = 1e-8) -> StateDict:
+    """Model Stock of two models: per tensor, with cos the cosine between a - base and b - base,
+    ratio = 2 cos / (cos + 1) and merged = ratio (a + b) / 2 + (1 - ratio) base (FiF `merge.py:876-952`; its eps
+    in both denominators)."""
+    _check_keys(a, b, base)
+    merged = {}
+    for k in base:
+        if not torch.is_floating_point(base[k]):
+            merged[k] = base[k].clone()
+            continue
+        u, v = (a[k] - base[k]).double(), (b[k] - base[k]).double()
+        cos = max(-1.0, min(1.0, float((u * v).sum() / (math.sqrt(float((u * u).sum() * (v * v).sum())) + eps))))
+        ratio = 2.0 * cos / (cos + 1.0 + eps)
+        merged[k] = (ratio * 0.5 * (a[k] + b[k]) + (1.0 - ratio) * base[k]).to(base[k].dtype)
+    return merged
+
+
+def tall_masks(models: list[StateDict], base: StateDict, scale: float, lam: float, min_tasks: int) -> StateDict:
+    """TALL-mask consensus: the summed task vector tau, kept where at least `min_tasks` models' masks
+    |theta_t - theta_0| > lam |theta_0 + tau - theta_t| hold; base + scale * the kept part."""
+    vectors = task_vectors(models, base)
+    summed = vectors.sum(dim=0)
+    masks = vectors.abs() > lam * (summed.unsqueeze(0) - vectors).abs()  # |theta_0 + tau - theta_t| = |tau - tau_t|
+    return _add_to_base(base, scale * summed * (masks.sum(dim=0) >= min_tasks))
+
+
+def random_merge(models: list[StateDict], base: StateDict, scale: float, generator: torch.Generator) -> StateDict:
+    """base + scale * (per entry, the task-vector value of a model drawn uniformly from `generator`)."""
+    vectors = task_vectors(models, base)
+    pick = torch.randint(0, vectors.shape[0], (1, vectors.shape[1]), generator=generator)
+    return _add_to_base(base, scale * vectors.gather(0, pick)[0])
+
+
+LinesShape = Literal["linear", "quadratic", "sqrt"]
+_BLOCK = re.compile(r"\.resblocks\.(\d+)\.")
+
+
+def lines_scaling(base: StateDict, alpha: float, beta: float, shape: LinesShape) -> torch.Tensor:
+    """LiNeS's factor for every floating entry, in `task_vectors` order: alpha + beta (l / (L - 1))^p for an entry
+    of residual block l of L (p = 1, 2 or 1/2 for linear, quadratic, sqrt), alpha for every other entry.
+
+    Blocks are read from the keys, as FiF does (`.resblocks.<l>.`, L one more than the largest l of any tower):
+    the first block gets alpha, the last alpha + beta. A convolutional tower (ResNet) has no such keys and gets
+    alpha throughout, as in FiF.
+    """
+    layers = {k: int(m.group(1)) for k in base if (m := _BLOCK.search(k))}
+    if not layers:
+        raise ValueError("LiNeS needs transformer blocks (keys with '.resblocks.<l>.'); this model has none")
+    span = max(1, max(layers.values()))  # L - 1
+    power = {"linear": 1.0, "quadratic": 2.0, "sqrt": 0.5}[shape]
+    factors = [alpha + beta * (layers[k] / span) ** power if k in layers else alpha for k in _floating(base)]
+    return torch.cat([torch.full((base[k].numel(),), f, dtype=torch.float32)
+                      for k, f in zip(_floating(base), factors)])
