@@ -19,7 +19,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from clipflux.config import OptimConfig
 from clipflux.models import image_size, to_input
-from clipflux.train import lr_at
+from clipflux.schedules import lr_at
 
 CAPTIONS = ("a red circle on a white background", "two blue squares", "a photo of a small green triangle",
             "a drawing of a yellow star in the corner")

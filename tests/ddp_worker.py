@@ -1,8 +1,9 @@
 """A tiny training run under torchrun that records what each rank trained on (run by tests/test_distributed.py).
 
-Usage: torchrun --nproc-per-node N tests/ddp_worker.py --shards DIR --out DIR [--method NAME]
+Usage: torchrun --nproc-per-node N tests/ddp_worker.py --shards DIR --out DIR [--method NAME ...]
 Each rank writes `rank<r>.json`: the (dataset id, index) items of every batch it trained on, by task and
-step; rank 0 adds the logged losses and the sha256 of the final weights.
+step, the logged losses and the sha256 of the final weights. With several methods, each trains in turn from the
+same initial weights (one launch: the processes start once) and writes under `DIR/<method>/`.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--shards", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--method", default="finetune")
+    parser.add_argument("--method", nargs="+", default=["finetune"])
     args = parser.parse_args()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
@@ -50,20 +51,22 @@ def main() -> None:
     readers = [ShardReader(args.shards / "novel_shapes", "train"), ShardReader(args.shards / "pool", "train")]
     items = index_items(0, readers[0])
     tasks = [items[: len(items) // 2], items[len(items) // 2:]]
-    torch.manual_seed(0)
-    model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
-    run = RunConfig(seed=3, checkpoint_every=2, optim=OPTIM)
-    losses: list[float] = []
-    method = build_method(args.method, METHOD_PARAMS.get(args.method))
-    trainer = RecordingTrainer(model, method, tokenizer, readers, tasks,
-                               index_items(1, readers[1]), run, STEPS, args.out / "checkpoints",
-                               lambda key, value, step: losses.append(value) if key == "train/loss" else None,
-                               fingerprint={"method": args.method},
-                               mixture=MixtureConfig(0.5, 0.25, 0.25), placement=placement)
-    trainer.seen = []
-    trainer.fit()
-    record = {"seen": trainer.seen, "losses": losses, "sha256": state_sha256(model.state_dict())}
-    (args.out / f"rank{placement.rank}.json").write_text(json.dumps(record))
+    for name in args.method:
+        out = args.out / name if len(args.method) > 1 else args.out
+        torch.manual_seed(0)
+        model, tokenizer = create_model(ModelConfig(name="clipflux-tiny"))
+        run = RunConfig(seed=3, checkpoint_every=2, optim=OPTIM)
+        losses: list[float] = []
+        method = build_method(name, METHOD_PARAMS.get(name))
+        trainer = RecordingTrainer(model, method, tokenizer, readers, tasks,
+                                   index_items(1, readers[1]), run, STEPS, out / "checkpoints",
+                                   lambda key, value, step: losses.append(value) if key == "train/loss" else None,
+                                   fingerprint={"method": name},
+                                   mixture=MixtureConfig(0.5, 0.25, 0.25), placement=placement)
+        trainer.seen = []
+        trainer.fit()
+        record = {"seen": trainer.seen, "losses": losses, "sha256": state_sha256(model.state_dict())}
+        (out / f"rank{placement.rank}.json").write_text(json.dumps(record))
     distributed.stop(placement)
 
 

@@ -81,13 +81,24 @@ def test_ranks_train_on_disjoint_slices_that_cover_every_batch(tiny_shards, tmp_
     np.testing.assert_allclose(rank0["losses"], single["losses"], rtol=1e-4)
 
 
-@pytest.mark.parametrize("method", sorted(set(REGISTRY) - {"finetune"}))
-def test_every_method_trains_on_two_ranks_that_stay_in_step(tiny_shards, tmp_path, method):
+METHODS = sorted(set(REGISTRY) - {"finetune"})
+
+
+@pytest.fixture(scope="module")
+def every_method(tiny_shards, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """Every method trained on two ranks in one launch (the processes start once, not once per method)."""
+    out = tmp_path_factory.mktemp("methods")
+    return out, _torchrun(2, REPO / "tests/ddp_worker.py", "--shards", str(tiny_shards), "--out", str(out),
+                          "--method", *METHODS)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_trains_on_two_ranks_that_stay_in_step(every_method, method):
     """Each registered method under DDP: its loss, task-boundary work and state keep both ranks' weights equal."""
-    proc = _torchrun(2, REPO / "tests/ddp_worker.py", "--shards", str(tiny_shards), "--out", str(tmp_path),
-                     "--method", method)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
+    out, proc = every_method
+    records = [out / method / f"rank{r}.json" for r in range(2)]
+    assert all(r.exists() for r in records), f"{method} did not finish on both ranks:\n{proc.stderr[-3000:]}"
+    rank0, rank1 = (json.loads(r.read_text()) for r in records)
     assert rank0["sha256"] == rank1["sha256"] and np.isfinite(rank0["losses"]).all()
 
 

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from clipflux.config import ConfigError, ModelConfig, OptimConfig, load_params
 from clipflux.methods import build_method
 from clipflux.models import create_model
-from clipflux.train import lr_at, new_optimizer, warmup_of
+from clipflux.schedules import lr_at, warmup_of
+from clipflux.train import new_optimizer
 
 from conftest import REPO
 
@@ -190,14 +191,20 @@ def test_a_budget_in_samples_allows_its_own_batch_size(tmp_path):
     ("overrides", "train_optim", "expected"),
     [
         ({"beta3": 0.9}, None, "experiments.tic_sequential.optim.beta3: unknown key; allowed keys here are ["
-                               "'batch_size', 'beta1', 'beta2', 'clip_grad_norm', 'eps', 'lr', 'min_lr_share', 'warmup_after_first', "
-                               "'warmup_share', 'warmup_steps', 'weight_decay', 'weight_decay_on']"),
+                               "'batch_size', 'beta1', 'beta2', 'clip_grad_norm', 'cooldown_share', 'eps', 'lr', 'min_lr_share', "
+                               "'recovery', 'schedule', 'warmup_after_first', 'warmup_share', 'warmup_steps', "
+                               "'weight_decay', 'weight_decay_on']"),
         ({"beta2": 1.5}, None, "experiments.tic_sequential.optim.beta2: must be in [0, 1), got 1.5"),
         ({"eps": "1e-6"}, None, "experiments.tic_sequential.optim.eps: expected float, got '1e-6' (str)"),
         ({"weight_decay_on": "some"}, None, "experiments.tic_sequential.optim.weight_decay_on: 'some' is not allowed"),
         ({"warmup_share": 0.1}, {"warmup_steps": 4, "warmup_share": None},
          "experiments.tic_sequential.optim.warmup_steps: 4 and warmup_share"),
         ({}, {"warmup_after_first": 1.0}, "train.optim.warmup_after_first: must be in [0, 1), got 1.0"),
+        ({"schedule": "linear"}, None, "experiments.tic_sequential.optim.schedule: 'linear' is not allowed"),
+        ({"cooldown_share": 0.1}, None, "experiments.tic_sequential.optim.cooldown_share: only constant, rsqrt and "
+                                        "rsqrt_with_recovery cool down, not cosine"),
+        ({"schedule": "rsqrt", "recovery": "sideways"}, None,
+         "experiments.tic_sequential.optim.recovery: 'sideways' is not allowed"),
     ],
 )
 def test_bad_overrides_name_the_key(tmp_path, overrides, train_optim, expected):

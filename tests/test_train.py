@@ -11,12 +11,16 @@ from clipflux.data.loader import index_items
 from clipflux.data.shards import ShardReader
 from clipflux.methods import build_method
 from clipflux.models import create_model, state_sha256
-from clipflux.train import Trainer, lr_at
+from clipflux.schedules import lr_at
+from clipflux.train import Trainer
 
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=2, clip_grad_norm=1.0, batch_size=8)
 # FiF's schedule and weight decay with TiC's AdamW, no clipping and no warmup after the first task.
 FIF_TIC = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, clip_grad_norm=0.0, batch_size=8, warmup_share=0.4,
                       warmup_after_first=0.0, min_lr_share=0.001, weight_decay_on="all", beta2=0.98, eps=1e-6)
+# A schedule across the stream: FiF's rsqrt with recovery (task 1 continues task 0's decay) and a cooldown.
+RSQRT = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=0, clip_grad_norm=1.0, batch_size=8, warmup_share=0.4,
+                    min_lr_share=0.001, schedule="rsqrt_with_recovery", recovery="continued", cooldown_share=0.2)
 
 
 class Interrupt(Exception):
@@ -49,7 +53,8 @@ def test_training_lowers_the_loss_and_logs_every_step(tiny_shards, tmp_path):
 @pytest.mark.parametrize(("kill_at", "precision", "options"),
                          [(1, "fp32", {}), (3, "fp32", {}), (5, "fp32", {}), (8, "fp32", {}), (5, "bf16", {}),
                           (3, "fp32", {"optim": FIF_TIC, "augment": "random_resized_crop"}),
-                          (7, "fp32", {"optim": FIF_TIC, "augment": "random_resized_crop"})])
+                          (7, "fp32", {"optim": FIF_TIC, "augment": "random_resized_crop"}),
+                          (6, "fp32", {"optim": RSQRT})])
 def test_resume_is_bit_identical(tiny_shards, tmp_path, kill_at, precision, options):
     """Interrupting after `kill_at` steps and rerunning gives the uninterrupted run's weights and losses (also
     with a schedule that differs between tasks, and with FiF's training augmentation)."""
@@ -105,16 +110,21 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(x >= y for x, y in zip(lrs[1:], lrs[2:]))
 
 
-def test_each_task_follows_its_own_schedule(tiny_shards, tmp_path):
-    """The logged learning rate is `lr_at(step, steps, optim, task)`: task 1 starts at the peak (no warmup after
-    the first task), task 0 warms up over ceil(0.4 x 5) = 2 steps, and both end above FiF's floor."""
+@pytest.mark.parametrize("optim", [FIF_TIC, RSQRT], ids=["cosine", "rsqrt_with_recovery"])
+def test_each_task_follows_its_own_schedule(tiny_shards, tmp_path, optim):
+    """The logged learning rate is `lr_at(step, steps, optim, task)`. Cosine: task 1 starts at the peak (no warmup
+    after the first task), task 0 warms up over ceil(0.4 x 5) = 2 steps, and both end above FiF's floor. Rsqrt
+    with recovery: task 1 warms up to a lower peak and each task's cooldown ends at zero."""
     logged = {}
     _trainer(tiny_shards, tmp_path, lambda k, v, s: logged.update({s: v}) if k == "train/lr" else None,
-             optim=FIF_TIC).fit()
-    expected = [lr_at(s, 5, FIF_TIC, task) for task in range(2) for s in range(5)]
+             optim=optim).fit()
+    expected = [lr_at(s, 5, optim, task) for task in range(2) for s in range(5)]
     assert [logged[s] for s in range(10)] == expected
-    assert expected[0] == FIF_TIC.lr / 2 and expected[5] == FIF_TIC.lr
-    assert min(expected[2:]) > FIF_TIC.lr * FIF_TIC.min_lr_share
+    if optim is FIF_TIC:
+        assert expected[0] == FIF_TIC.lr / 2 and expected[5] == FIF_TIC.lr
+        assert min(expected[2:]) > FIF_TIC.lr * FIF_TIC.min_lr_share
+    else:
+        assert expected[1] == RSQRT.lr and 0 < expected[6] < RSQRT.lr and expected[4] == expected[9] == 0.0
 
 
 def test_augmentation_changes_training(tiny_shards, tmp_path):

@@ -83,7 +83,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup, then cosine decay to a floor, restarted every task (see `train.lr_at`).
+    """AdamW with linear warmup, then a learning-rate schedule: by default cosine decay to a floor, restarted every
+    task; FiF's constant, rsqrt and recovery schedules across tasks as options (see `clipflux.schedules`).
 
     The defaults of the optional fields are how clipflux pretrains its base model, open_clip's recipe: warmup in
     steps, cosine to zero, no weight decay on biases, norms and the logit scale, torch's AdamW betas and eps.
@@ -107,6 +108,14 @@ class OptimConfig:
         min_lr_share: the cosine's floor as a share of `lr` (FiF's cosine_lr_mul; 0 = decay to zero).
         weight_decay_on: "matrices": parameters with 2 or more dimensions (open_clip); "all": every parameter (FiF).
         beta1, beta2, eps: AdamW's moment decays and denominator term.
+        schedule: the learning rate after the warmup (`clipflux.schedules`): cosine (restarted every task), constant,
+            rsqrt, or across the stream rsqrt_with_recovery, cosine_with_recovery, cosine_with_dynamic_recovery
+            (FiF's scheduler names: none, rsqrt, rsqrt_with_recovery, cosine_with_linear_warmup_and_recovery,
+            cosine_with_linear_warmup_and_dynamic_recovery).
+        cooldown_share: constant and rsqrt*: a linear cooldown to zero over ceil(share x steps) at the end of each
+            task (FiF's cooldown_perc; its config's default is 0.1); null = none.
+        recovery: the recovery schedules' peak after the first task (FiF's recovery_mode): autoregressive,
+            continued or recovered.
     """
 
     lr: float
@@ -121,11 +130,18 @@ class OptimConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    schedule: Literal["cosine", "constant", "rsqrt", "rsqrt_with_recovery", "cosine_with_recovery",
+                      "cosine_with_dynamic_recovery"] = "cosine"
+    cooldown_share: float | None = None
+    recovery: Literal["autoregressive", "continued", "recovered"] = "autoregressive"
 
     def validate(self, path: str) -> None:
         _positive(self, path, "lr", "batch_size", "eps")
         _non_negative(self, path, "weight_decay", "warmup_steps", "clip_grad_norm")
-        for name in ("warmup_share", "warmup_after_first", "min_lr_share", "beta1", "beta2"):
+        if self.cooldown_share is not None and self.schedule not in ("constant", "rsqrt", "rsqrt_with_recovery"):
+            raise ConfigError(f"{path}.cooldown_share: only constant, rsqrt and rsqrt_with_recovery cool down, "
+                              f"not {self.schedule}; set it to null")
+        for name in ("warmup_share", "warmup_after_first", "min_lr_share", "beta1", "beta2", "cooldown_share"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < 1:
                 raise ConfigError(f"{path}.{name}: must be in [0, 1), got {value!r}")

@@ -27,6 +27,7 @@ from clipflux.methods import Method, TaskContext
 from clipflux.models import image_size, is_batchnorm
 from clipflux.progress import Progress, progress
 from clipflux.replay import Buffer, split_batch
+from clipflux.schedules import lr_at
 
 LogScalar = Callable[[str, float, int], None]
 
@@ -42,34 +43,6 @@ def train_mode(model: torch.nn.Module) -> None:
         if is_batchnorm(module) and (not module.track_running_stats
                                      or not any(p.requires_grad for p in module.parameters())):
             module.eval()
-
-
-def warmup_of(task: int, steps: int, optim: OptimConfig) -> int:
-    """Warmup steps of `task` (of `steps` steps): `warmup_steps`, or ceil(share x steps) as FiF computes it
-    (continual_lib/utils/base_continual_learner.py:321-325), with `warmup_after_first` as the share of every
-    task after the first (TiC warms up only its first step: scripts/run_medium_basic_sequential.sh:46)."""
-    share = optim.warmup_share
-    if task > 0 and optim.warmup_after_first is not None:
-        share = optim.warmup_after_first
-    return optim.warmup_steps if share is None else math.ceil(share * steps)
-
-
-def lr_at(step: int, steps: int, optim: OptimConfig, task: int = 0) -> float:
-    """Learning rate at `step` of `task`: linear warmup, then cosine decay from `lr` to `min_lr_share x lr`,
-    restarted every task. A pure function of (task, step), so the scheduler needs no state to resume.
-
-    The warmup is open_clip's and FiF's, lr x (step + 1) / warmup (base_continual_learner.py:326-332). The cosine
-    is open_clip's, at the phase (step - warmup) / (steps - warmup), which TiC trains with; FiF's evaluates one
-    step later, (step - warmup + 1) / (steps - warmup), so its last step is at the floor (:333-341): a documented
-    deviation of one step in the phase. With a floor of 0 the values are bit-for-bit those of open_clip's
-    `cosine_lr`, the schedule the base model is pretrained with.
-    """
-    warmup = warmup_of(task, steps, optim)
-    if step < warmup:
-        return optim.lr * (step + 1) / warmup
-    floor = optim.lr * optim.min_lr_share
-    done = (step - warmup) / max(1, steps - warmup)
-    return floor + 0.5 * (optim.lr - floor) * (1.0 + math.cos(math.pi * done))
 
 
 def new_optimizer(params: list[torch.nn.Parameter], optim: OptimConfig) -> torch.optim.AdamW:

@@ -22,6 +22,7 @@ from clipflux.data.pipeline import open_dataset
 from clipflux.methods import build_method
 from clipflux.models import architecture, create_model, load_pretrained, save_weights, state_sha256
 from clipflux.processes import exclusive
+from clipflux.schedules import check_schedule
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.train import Trainer
 
@@ -43,6 +44,7 @@ def pretrain(params: Params, shards: Path, out: Path, checkpoints: Path, start_o
 
     pool = open_dataset(shards, params.data.pool, "train")
     steps = math.ceil(cfg.samples / cfg.optim.batch_size)
+    check_schedule(0, steps, cfg.optim, "pretrain.optim")
     config = {"model": dataclasses.asdict(params.model), "architecture": architecture(params.model.name),
               "pretrain": dataclasses.asdict(cfg), "steps": steps, "world_size": placement.world_size}
     folder = Checkpoints(checkpoints, cfg.keep_checkpoints)

@@ -25,6 +25,7 @@ from clipflux.distributed import Placement
 from clipflux.methods import build_method, check_params
 from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
 from clipflux.processes import exclusive
+from clipflux.schedules import check_schedule
 from clipflux.tracking import configure_torch, environment_info, run_tracked
 from clipflux.train import Trainer
 
@@ -86,6 +87,8 @@ def train_seed(params: Params, experiment: str, seed_index: int, paths: Paths, p
 
     steps = budget["steps_per_task"]
     budget |= {"steps_by_task": [method.steps_for_task(t, steps) for t in range(len(tasks))], "init": exp.init}
+    for task, task_steps in enumerate(budget["steps_by_task"]):  # before any work: a schedule that cannot run
+        check_schedule(task, task_steps, cfg.optim, f"experiments.{experiment}.optim" if exp.optim else "train.optim")
     print(f"train {experiment} (seed {seed_index}): {exp.method} trains {steps} steps per task "
           f"(budget: {budget['measure']}; from {'the base model' if exp.init == 'base' else 'a random initialisation'})")
     config = {
