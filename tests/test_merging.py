@@ -266,3 +266,33 @@ def test_magmax_picks_per_entry_a_model_update_of_largest_magnitude(s):
     vectors = merging.task_vectors(models, base)
     assert torch.allclose(delta.abs(), vectors.abs().max(dim=0).values)
     assert ((delta.unsqueeze(0) - vectors).abs().min(dim=0).values < 1e-9).all()  # one of the models' values
+
+
+# -- many models at once: the weighted average and FiF's weightings -----------------------------------------
+
+
+def test_weights_of_are_fifs_hand_computed_lists():
+    assert merging.weights_of("uniform", 4) == [0.25] * 4
+    assert merging.weights_of("linear", 3) == pytest.approx([1 / 6, 2 / 6, 3 / 6])
+    assert merging.weights_of("exp", 3) == pytest.approx([1 / 7, 2 / 7, 4 / 7])
+    assert merging.weights_of("reverse_exp", 3) == pytest.approx([4 / 7, 2 / 7, 1 / 7])
+    assert merging.weights_of("quadratic", 2) == pytest.approx([1 / 5, 4 / 5])
+    assert merging.weights_of("log", 2) == pytest.approx([math.log(2) / math.log(6), math.log(3) / math.log(6)])
+
+
+@given(kind=st.sampled_from(["linear", "sqrt", "quadratic", "cubic", "fifth", "tenth", "exp", "log"]),
+       n=st.integers(1, 30))
+def test_weightings_sum_to_one_favour_the_newest_and_reverse(kind, n):
+    weights = merging.weights_of(kind, n)
+    assert len(weights) == n and math.isclose(sum(weights), 1.0, rel_tol=1e-9)
+    assert all(a < b for a, b in zip(weights, weights[1:]))
+    assert merging.weights_of(f"reverse_{kind}", n) == weights[::-1]
+
+
+def test_weighted_average_sums_each_model_times_its_weight():
+    a, b, c = ({"w": torch.full((2,), v), "n": torch.tensor(v, dtype=torch.long)} for v in (1.0, 2.0, 4.0))
+    merged = merging.weighted_average([a, b, c], [0.5, 0.25, 0.25])
+    assert torch.equal(merged["w"], torch.full((2,), 0.5 * 1 + 0.25 * 2 + 0.25 * 4))
+    assert merged["n"] == 1  # non-floating entries from the first model
+    with pytest.raises(ValueError, match="3 models need 3 weights summing to 1"):
+        merging.weighted_average([a, b, c], [0.5, 0.5])

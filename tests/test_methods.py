@@ -407,14 +407,93 @@ def test_paint_with_lines_scales_each_block_of_the_merged_task_vector():
         assert torch.allclose(method.merged[key], zeroshot[key] + 0.1 * factor, atol=1e-6), key
 
 
+# FiF's double merges <train_from>_<evaluate> (continual_lib/double_merge_*.py), with interpolation and alpha 0.5:
+# tasks move the weights by +1 and +2 from where they start; "merged" is the unrolled running merge, "all" the
+# uniform average of the finetuned weights, "finetuned" the last task's.
+@pytest.mark.parametrize("train_from", ["merged", "finetuned", "all", "zeroshot"])
+@pytest.mark.parametrize("evaluate", ["merged", "all", "finetuned"])
+def test_paint_double_merges_train_from_and_evaluate_the_chosen_weights(train_from, evaluate):
+    model, tokenizer = _model()
+    method = build_method("paint", dict(PARAMS["paint"], train_from=train_from, evaluate=evaluate,
+                                        operator="interpolation", alpha=0.5))
+    method.setup(model)
+    key = "visual.proj"
+    zs = snapshot(model)[key]
+    method.begin_task(_context(tokenizer, 0))
+    _train_like(model, 1.0)  # finetuned_1 = zs + 1
+    method.end_task(_context(tokenizer, 0))
+    after_first = {"merged": 0.5, "all": 1.0, "finetuned": 1.0}[evaluate]  # an `all` merge of one model is it
+    assert torch.allclose(method.eval_model().state_dict()[key], zs + after_first)
+    method.begin_task(_context(tokenizer, 1))
+    start = {"merged": 0.5, "finetuned": 1.0, "all": 1.0, "zeroshot": 0.0}[train_from]
+    assert torch.allclose(model.state_dict()[key], zs + start)
+    _train_like(model, 2.0)  # finetuned_2 = start + 2
+    method.end_task(_context(tokenizer, 1))
+    finetuned_2 = start + 2.0
+    expected = {"merged": (0.5 + finetuned_2) / 2, "all": (1.0 + finetuned_2) / 2, "finetuned": finetuned_2}[evaluate]
+    assert torch.allclose(method.eval_model().state_dict()[key], zs + expected, atol=1e-6)
+    assert len(method.state_dict()["finetuned"]) == (2 if "all" in (train_from, evaluate) else 0)
+
+
+@pytest.mark.parametrize(("weighting", "include_zeroshot", "expected"), [
+    ("uniform", False, (1 + 3 + 6) / 3),
+    ("linear", False, (1 * 1 + 2 * 3 + 3 * 6) / 6),
+    ("exp", False, (1 * 1 + 2 * 3 + 4 * 6) / 7),
+    ("reverse_exp", False, (4 * 1 + 2 * 3 + 1 * 6) / 7),
+    ("uniform", True, (0 + 1 + 3 + 6) / 4),
+])
+def test_offline_merge_trains_every_task_from_zero_shot_and_evaluates_the_weighted_merge(weighting,
+                                                                                        include_zeroshot, expected):
+    """Tasks move the weights by +1, +3, +6 from the zero-shot weights; the evaluated model is their merge with
+    FiF's weights (offline_merge.py:101-156), oldest first; one finetuned model alone is evaluated as it is."""
+    model, tokenizer = _model()
+    method = build_method("offline_merge", dict(PARAMS["offline_merge"], weighting=weighting,
+                                                include_zeroshot=include_zeroshot))
+    method.setup(model)
+    key = "visual.proj"
+    zs = snapshot(model)[key]
+    for task, amount in enumerate([1.0, 3.0, 6.0]):
+        method.begin_task(_context(tokenizer, task))
+        assert torch.allclose(model.state_dict()[key], zs)  # always from the zero-shot weights
+        _train_like(model, amount)
+        method.end_task(_context(tokenizer, task))
+        if task == 0:
+            first = 0.5 if include_zeroshot else 1.0
+            assert torch.allclose(method.eval_model().state_dict()[key], zs + first, atol=1e-6)
+    assert torch.allclose(method.eval_model().state_dict()[key], zs + expected, atol=1e-5)
+
+
+def test_offline_merge_with_ties_merges_the_task_vectors_of_every_task():
+    model, tokenizer = _model()
+    method = build_method("offline_merge", dict(PARAMS["offline_merge"], operator="ties", density=1.0))
+    method.setup(model)
+    zeroshot = snapshot(model)
+    finetuned = []
+    for task, amount in enumerate([0.1, 0.3]):
+        method.begin_task(_context(tokenizer, task))
+        _train_like(model, amount)
+        finetuned.append(snapshot(model))
+        method.end_task(_context(tokenizer, task))
+    expected = merging.ties(finetuned, zeroshot, 1.0, 1.0)
+    merged = method.eval_model().state_dict()
+    assert all(torch.equal(merged[k], expected[k]) for k in expected)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"operator": "interpolation", "lines": {"apply": True}}, "lines.apply: LiNeS scales a merged task vector"),
     ({"operator": "breadcrumbs_ties", "top_drop": 0.5, "density": 0.3}, "top_drop: must be in"),
     ({"lines": {"shape": "cubic"}}, "lines.shape"),
+    ({"operator": "slerp", "evaluate": "all"}, "evaluate: slerp merges two models only"),
+    ({"operator": "model_stock", "train_from": "all"}, "train_from: model_stock merges two models only"),
 ])
 def test_paint_refuses_settings_that_cannot_work_naming_the_key(change, message):
     with pytest.raises(ConfigError, match=message):
         build_method("paint", dict(PARAMS["paint"], **change))
+
+
+def test_offline_merge_refuses_a_two_model_operator_naming_the_key():
+    with pytest.raises(ConfigError, match="operator: model_stock merges two models only"):
+        build_method("offline_merge", dict(PARAMS["offline_merge"], operator="model_stock"))
 
 
 def test_patching_starts_from_the_first_model_then_interpolates_with_the_previous_patch():

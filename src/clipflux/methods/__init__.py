@@ -11,6 +11,7 @@ from clipflux.methods import (  # noqa: F401  (each import registers its method)
     locked_text,
     lora,
     lwf,
+    offline_merge,
     paint,
     patching,
     si,

@@ -24,6 +24,9 @@ The operators Fomo-in-Flux compares (Roth, Udandarao et al., NeurIPS 2024 D&B, a
   matters to them (Wang et al., ICML 2024, arXiv 2405.07813; FiF `merge.py:955-1046`).
 - `random_merge`: per entry, the task-vector value of a model drawn uniformly (FiF `merge.py:1049-1092`).
 
+`weighted_average` is the interpolation of many models (FiF's `Interpolation` over a list, merge.py:303-385),
+with `weights_of` FiF's weightings of task checkpoints, uniform to exponential (offline_merge.py:101-156).
+
 LiNeS (Wang et al., ICLR 2025, arXiv 2410.17146; FiF `merge.py:217-301`) scales a merged task vector layer by
 layer instead of by one factor: `lines_scaling` gives the per-entry factors to pass as `scale` to the operators
 that merge task vectors.
@@ -38,6 +41,7 @@ import math
 import re
 from typing import Literal, Union
 
+import numpy as np
 import torch
 
 StateDict = dict[str, torch.Tensor]
@@ -62,6 +66,40 @@ def interpolate(a: StateDict, b: StateDict, alpha: float) -> StateDict:
     """(1 - alpha) * a + alpha * b for every floating entry; alpha = 0 gives a, alpha = 1 gives b."""
     _check_keys(a, b)
     return {k: torch.lerp(a[k], b[k], alpha) if torch.is_floating_point(a[k]) else a[k].clone() for k in a}
+
+
+def weighted_average(models: list[StateDict], weights: list[float]) -> StateDict:
+    """sum_i w_i model_i for every floating entry, summed in model order as FiF's `Interpolation.merge` does
+    (merge.py:383-385); the weights must sum to 1 (FiF's check, :171-174)."""
+    _check_keys(*models)
+    if len(weights) != len(models) or abs(sum(weights) - 1.0) >= 1e-6:
+        raise ValueError(f"{len(models)} models need {len(models)} weights summing to 1, got {weights}")
+    first = models[0]
+    return {k: sum(w * m[k] for w, m in zip(weights, models)) if torch.is_floating_point(first[k])
+            else first[k].clone() for k in first}
+
+
+Weighting = Literal["uniform", "linear", "sqrt", "quadratic", "cubic", "fifth", "tenth", "exp", "log",
+                    "reverse_linear", "reverse_sqrt", "reverse_quadratic", "reverse_cubic", "reverse_fifth",
+                    "reverse_tenth", "reverse_exp", "reverse_log"]
+
+
+def weights_of(weighting: Weighting, n: int) -> list[float]:
+    """FiF's weights of n checkpoints, oldest first, normalised to sum 1 (offline_merge.py:101-156): uniform 1/n;
+    linear i, sqrt i^1/2, quadratic i^2, cubic i^3, fifth i^5, tenth i^10, log log(i + 1) for i = 1..n; exp 2^i
+    for i = 0..n-1; `reverse_` the same list reversed (the oldest weighted most)."""
+    kind = weighting.removeprefix("reverse_")
+    if kind == "uniform":
+        return [1 / n] * n
+    powers = {"quadratic": 2, "cubic": 3, "fifth": 5, "tenth": 10}
+    if kind in powers:  # integer powers, then floats, as FiF computes them
+        raw = np.array([i ** powers[kind] for i in range(1, n + 1)], dtype=float)
+    else:
+        i = np.arange(1, n + 1, dtype=float)
+        raw = {"linear": np.linspace(1, n, n), "sqrt": np.sqrt(i), "exp": 2.0 ** np.arange(n),
+               "log": np.log(i + 1)}[kind]
+    weights = (raw / raw.sum()).tolist()
+    return weights[::-1] if weighting.startswith("reverse_") else weights
 
 
 def slerp(a: StateDict, b: StateDict, t: float, dot_threshold: float = 0.9995) -> StateDict:

@@ -6,10 +6,18 @@ arXiv 2208.05592). The running merge starts as the zero-shot model; after task t
 
     merged_t = operator(finetuned_t, merged_{t-1}; base = zero-shot)
 
-which is exactly FiF's "unrolled" merge over its stored checkpoints, kept online. `train_from` picks the
-weights each next task starts from: the running merge (FiF's `ema_paint`), the previous task's finetuned
-weights (training continues as in finetuning; merging only changes what is evaluated), or the zero-shot
-weights (each task trained independently, then merged). The merge is what is evaluated.
+which is exactly FiF's "unrolled" merge over its stored checkpoints, kept online. Two choices make FiF's
+double-merge regimes (continual_lib/double_merge_<train>_<evaluate>.py, on double_merge_base.py):
+
+- `train_from`, the weights each task after the first starts from: `merged`, the running merge (FiF's
+  `ema_paint`, the double merge's "unrolled"); `finetuned`, the previous task's finetuned weights ("ft"); `all`,
+  one merge of every task's finetuned weights so far ("all", `all_merge`); `zeroshot` (`zs_paint`).
+- `evaluate`, the weights evaluated after each task: `merged` ("unrolled"), `all`, or `finetuned` ("ft").
+
+FiF's `ema_paint` is merged/merged, `ft_paint` finetuned/merged, `zs_paint` and `double_merge_zs_unrolled`
+zeroshot/merged, and `double_merge_all_all`, `all_ft`, `all_unrolled`, `ft_all`, `ft_unrolled`, `unrolled_all`,
+`unrolled_ft` the pairs they name. An `all` merge weighs the models equally, as the double merges do (they reset
+the interpolation weights to None, uniform); FiF's offline merge, with its weightings, is `offline_merge`.
 
 The zero-shot weights and the running merge live on the host, as FiF keeps its merge checkpoints: `.cpu()`
 copies (`continual_lib/utils/base_continual_learner.py:112-130`, `ema_paint.py:84-87`), put on the GPU only to
@@ -41,6 +49,7 @@ from clipflux.methods.weights import StateDict, load_weights_, with_weights
 
 
 TASK_VECTOR_OPERATORS = ("task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties")
+PAIRWISE_OPERATORS = ("slerp", "model_stock")
 
 
 @dataclass(frozen=True)
@@ -60,15 +69,13 @@ class LinesParams:
     shape: merging.LinesShape = "linear"
 
 
-@dataclass(frozen=True)
-class PaintParams:
-    """Hyperparameters of continual merging.
+@dataclass(frozen=True, kw_only=True)
+class MergeParams:
+    """How models are merged (shared by `paint` and `offline_merge`).
 
     Attributes:
-        train_from: "merged", "finetuned" or "zeroshot": the weights each task after the first starts from.
         operator: "interpolation", "slerp", "task_arithmetic", "ties", "dare_ties", "breadcrumbs_ties", "magmax",
             "model_stock", "tall_masks" or "random" (`methods.merging`).
-        alpha: interpolation and slerp: the weight of the newly finetuned model (FiF's default mean: 0.5).
         scale: the factor on the merged task vector of the task-vector operators (FiF: 1.0).
         density: TIES: fraction of each task vector kept by magnitude; DARE-TIES: probability of keeping an
             entry; Breadcrumbs: 1 - the smallest-magnitude fraction dropped (FiF's `prune_percentile` is
@@ -81,9 +88,7 @@ class PaintParams:
         lines: LiNeS layer-wise scaling, for the task-vector operators.
     """
 
-    train_from: Literal["merged", "finetuned", "zeroshot"]
     operator: merging.Operator
-    alpha: float
     scale: float
     density: float
     seed: int
@@ -93,8 +98,6 @@ class PaintParams:
     lines: LinesParams = LinesParams()
 
     def validate(self, path: str) -> None:
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ConfigError(f"{path}.alpha: must be in [0, 1], got {self.alpha}")
         if not 0.0 < self.density <= 1.0:
             raise ConfigError(f"{path}.density: must be in (0, 1], got {self.density}")
         if self.operator == "breadcrumbs_ties" and not 0.0 <= self.top_drop < self.density:
@@ -102,6 +105,36 @@ class PaintParams:
         if self.lines.apply and self.operator not in TASK_VECTOR_OPERATORS:
             raise ConfigError(f"{path}.lines.apply: LiNeS scales a merged task vector, which {self.operator!r} has "
                               f"none of; use it with one of {list(TASK_VECTOR_OPERATORS)}")
+
+    def check_many(self, key: str) -> None:
+        """Raise ConfigError where `key` asks this operator to merge more than two models at once."""
+        if self.operator in PAIRWISE_OPERATORS:
+            raise ConfigError(f"{key}: {self.operator} merges two models only (FiF's SLERP and ModelStock raise for "
+                              f"more: merge.py:448, 884-887); use another operator or an unrolled merge")
+
+
+@dataclass(frozen=True, kw_only=True)
+class PaintParams(MergeParams):
+    """Hyperparameters of continual merging (and `MergeParams`).
+
+    Attributes:
+        train_from: "merged", "finetuned", "all" or "zeroshot": the weights each task after the first starts from.
+        evaluate: "merged", "all" or "finetuned": the weights evaluated after each task.
+        alpha: interpolation and slerp into the running merge: the weight of the newly finetuned model (FiF's
+            default mean: 0.5).
+    """
+
+    train_from: Literal["merged", "finetuned", "all", "zeroshot"]
+    alpha: float
+    evaluate: Literal["merged", "all", "finetuned"] = "merged"
+
+    def validate(self, path: str) -> None:
+        super().validate(path)
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"{path}.alpha: must be in [0, 1], got {self.alpha}")
+        for key in ("train_from", "evaluate"):
+            if getattr(self, key) == "all":
+                self.check_many(f"{path}.{key}")
 
 
 # Multiply-adds per weight of one merge (for the compute budget): interpolation, one lerp; slerp, three dot
@@ -118,15 +151,29 @@ MERGE_PASSES = {"interpolation": 1, "slerp": 5, "task_arithmetic": 4, "ties": 8,
 def merge_into(params: PaintParams, merged: StateDict, finetuned: StateDict, zeroshot: StateDict,
                task: int) -> StateDict:
     """One continual merge step with the configured operator: FiF's `f_merge([new, running], zero_shot)`
-    (ema_paint.py:103-108), the newly finetuned model first."""
-    op, models = params.operator, [finetuned, merged]
+    (ema_paint.py:103-108, double_merge_base.py:119-128), the newly finetuned model first."""
+    op = params.operator
     if op == "interpolation":
         return merging.interpolate(merged, finetuned, params.alpha)
     if op == "slerp":
         return merging.slerp(merged, finetuned, params.alpha)
     if op == "model_stock":
         return merging.model_stock(finetuned, merged, zeroshot)
-    lines = params.lines
+    return merge_task_vectors(params, [finetuned, merged], zeroshot, task)
+
+
+def merge_all(params: MergeParams, models: list[StateDict], zeroshot: StateDict, task: int,
+              weights: list[float] | None = None) -> StateDict:
+    """One merge of many models at once (FiF's `all_merge`, double_merge_base.py:130-134): interpolation is their
+    weighted average (uniform without `weights`), the other operators merge their task vectors."""
+    if params.operator == "interpolation":
+        return merging.weighted_average(models, weights or merging.weights_of("uniform", len(models)))
+    return merge_task_vectors(params, models, zeroshot, task)
+
+
+def merge_task_vectors(params: MergeParams, models: list[StateDict], zeroshot: StateDict, task: int) -> StateDict:
+    """The task-vector operators (all but interpolation, slerp and Model Stock) on `models` over `zeroshot`."""
+    op, lines = params.operator, params.lines
     scale = merging.lines_scaling(zeroshot, lines.alpha, lines.beta, lines.shape) if lines.apply else params.scale
     if op == "task_arithmetic":
         return merging.task_arithmetic(models, zeroshot, scale)
@@ -141,7 +188,9 @@ def merge_into(params: PaintParams, merged: StateDict, finetuned: StateDict, zer
     generator = torch.Generator().manual_seed(int(np.random.SeedSequence([params.seed, task]).generate_state(1)[0]))
     if op == "dare_ties":
         return merging.dare_ties(models, zeroshot, params.density, scale, generator)
-    return merging.random_merge(models, zeroshot, scale, generator)
+    if op == "random":
+        return merging.random_merge(models, zeroshot, scale, generator)
+    raise ValueError(f"{op} does not merge task vectors")
 
 
 def on_host(state: dict[str, torch.Tensor]) -> StateDict:
@@ -151,37 +200,55 @@ def on_host(state: dict[str, torch.Tensor]) -> StateDict:
 
 @register("paint")
 class Paint(Method):
-    """Train each task with the CLIP loss, then merge it into the running merge, which is evaluated."""
+    """Train each task with the CLIP loss, then merge it: into the running merge, and/or with every earlier task's
+    finetuned weights; the weights chosen by `evaluate` are evaluated."""
 
     Params = PaintParams
-    host_state = ("zeroshot", "merged")
+    host_state = ("zeroshot", "merged", "finetuned")
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
         self.zeroshot = on_host(model.state_dict())
         self.merged = on_host(model.state_dict())
+        self.finetuned: list[StateDict] = []  # every task's finetuned weights, kept only for `all` merges
         self.merges = 0
+
+    def _uses(self, weights: str) -> bool:
+        return weights in (self.params.train_from, self.params.evaluate)
 
     def begin_task(self, task: TaskContext) -> None:
         if task.index == 0 or self.params.train_from == "finetuned":
             return
-        load_weights_(self.model, self.merged if self.params.train_from == "merged" else self.zeroshot)
+        start = {"merged": lambda: self.merged, "zeroshot": lambda: self.zeroshot,
+                 "all": lambda: merge_all(self.params, self.finetuned, self.zeroshot, task.index - 1)}
+        load_weights_(self.model, start[self.params.train_from]())
 
     def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
-        return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator])
+        # one merge per task into the running merge and one of every task's weights (charged as one merge)
+        return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator] * (self._uses("merged")
+                                                                                      + self._uses("all")))
 
     def end_task(self, task: TaskContext) -> None:
-        self.merged = merge_into(self.params, self.merged, on_host(self.model.state_dict()), self.zeroshot,
-                                 task.index)
+        finetuned = on_host(self.model.state_dict())
+        if self._uses("all"):
+            self.finetuned.append(finetuned)
+        if self._uses("merged"):
+            self.merged = merge_into(self.params, self.merged, finetuned, self.zeroshot, task.index)
         self.merges += 1
 
     def eval_model(self) -> torch.nn.Module:
+        if self.params.evaluate == "finetuned":
+            return self.model
+        if self.params.evaluate == "all" and self.finetuned:
+            return with_weights(self.model, merge_all(self.params, self.finetuned, self.zeroshot, self.merges - 1))
         return with_weights(self.model, self.merged)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"zeroshot": on_host(self.zeroshot), "merged": on_host(self.merged), "merges": self.merges}
+        return {"zeroshot": on_host(self.zeroshot), "merged": on_host(self.merged), "merges": self.merges,
+                "finetuned": [on_host(f) for f in self.finetuned]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # back on the host, where the trainer may have moved a loaded state to the training device
         self.zeroshot, self.merged = on_host(state["zeroshot"]), on_host(state["merged"])
+        self.finetuned = [on_host(f) for f in state["finetuned"]]
         self.merges = state["merges"]
