@@ -25,6 +25,7 @@ STEPS, TASKS = 3, 2
 OPTIM = OptimConfig(lr=1e-3, weight_decay=0.1, warmup_steps=1, clip_grad_norm=1.0, batch_size=4)
 PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())["methods"]
 PARAMS["ewc"] = dict(PARAMS["ewc"], max_fim_samples=8)  # two batches: enough to test, cheap to run
+PARAMS["mas"] = dict(PARAMS["mas"], max_samples=8)
 
 
 class Interrupt(Exception):
@@ -258,6 +259,76 @@ def test_adapter_blocks_out_of_range_are_refused():
 
 def _context(tokenizer, index: int = 0, batches: int = 2) -> TaskContext:
     return TaskContext(index, 2, batches, lambda n: (_batch(tokenizer, seed=s) for s in range(n)))
+
+
+def test_mas_importance_is_the_output_norms_gradient_blended_with_alpha():
+    """Omega_task for one batch is |d mean_rows ||similarity logits||_2 / d theta|, computed here by backward();
+    after a second task Omega = alpha Omega_1 + (1 - alpha) Omega_2; the penalty is reg / 2 sum Omega (d theta)^2."""
+    from clipflux.methods.lwf import similarity_logits
+
+    model, tokenizer = _model()
+    method = build_method("mas", dict(PARAMS["mas"], max_samples=4, alpha=0.25))  # one batch of 4
+    method.setup(model)
+    batch = _batch(tokenizer, seed=0)
+    model.zero_grad()
+    similarity_logits(model(batch["images"], batch["texts"])).norm(dim=1).mean().backward()
+    expected = {n: p.grad.abs().clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    method.end_task(_context(tokenizer))
+    assert expected and all(torch.allclose(method.importance[n], (1 - 0.25) * g, atol=1e-9)
+                            for n, g in expected.items())
+    first = {n: v.clone() for n, v in method.importance.items()}
+    method.end_task(_context(tokenizer))  # the same batch again: Omega = 0.25 Omega_1 + 0.75 g
+    assert all(torch.allclose(method.importance[n], 0.25 * first[n] + 0.75 * expected[n], atol=1e-9)
+               for n in expected)
+    with torch.no_grad():
+        model.visual.proj.add_(0.1)
+    out = model(batch["images"], batch["texts"])
+    penalty = method.loss(batch, out) - clip_loss(out)
+    expected_penalty = PARAMS["mas"]["reg"] / 2 * (method.importance["visual.proj"] * 0.01).sum()
+    assert torch.allclose(penalty, expected_penalty, rtol=1e-4)
+
+
+def test_zscl_averages_every_share_of_the_task_and_the_next_task_starts_from_the_average():
+    """ZSCL's weight ensemble with avg_freq = ceil(0.5 x 4) = 2: after steps 0 and 2 (ZSCL's `iteration % avg_freq
+    == 0`), avg <- (n avg + theta) / (n + 1) from the task's starting weights; it is evaluated and started from."""
+    model, tokenizer = _model()
+    method = build_method("zscl", dict(PARAMS["zscl"], we_share=0.5))
+    method.setup(model)
+    key = "visual.proj"
+    zs = snapshot(model)[key]
+    method.begin_task(_context(tokenizer, 0, batches=4))
+    for _ in range(4):
+        _train_like(model, 1.0)
+        method.after_step()
+    # step 0 (zs + 1): n = 1, (zs + zs + 1) / 2; step 2 (zs + 3): n = 2, (2 (zs + 0.5) + zs + 3) / 3
+    assert torch.allclose(method.eval_model().state_dict()[key], zs + 4 / 3, atol=1e-6)
+    method.begin_task(_context(tokenizer, 1, batches=4))
+    assert torch.allclose(model.state_dict()[key], zs + 4 / 3, atol=1e-6)
+
+
+def test_zscl_loss_is_clip_plus_distillation_of_the_zero_shot_model_plus_the_l2_pull():
+    from clipflux.methods.zscl import distillation
+
+    model, tokenizer = _model()
+    plain, pulled = (build_method("zscl", dict(PARAMS["zscl"], l2=l2)) for l2 in (0.0, 1.0))
+    for method in (plain, pulled):
+        method.setup(model)
+        method.begin_task(_context(tokenizer, 0))
+    batch = _batch(tokenizer)
+    with torch.no_grad():
+        model.visual.proj.add_(0.1)
+    out = model(batch["images"], batch["texts"])
+    pull = pulled.loss(batch, out) - plain.loss(batch, out)
+    assert torch.allclose(pull, torch.tensor(0.01), rtol=1e-4)  # mse over visual.proj, every entry moved by 0.1
+    reference_images, reference_texts = plain.reference(batch["images"], batch["texts"])[:2]
+    scale = out[2]
+    student, teacher = scale * out[0] @ reference_texts.T, scale * reference_images @ reference_texts.T
+    expected = clip_loss(out) + distillation(teacher, student, 2.0) + distillation(teacher.T, student.T, 2.0)
+    assert torch.allclose(plain.loss(batch, out), expected)
+    soft = torch.softmax(teacher / 2.0, dim=1)  # the distillation is 4 x the cross-entropy against the soft target
+    assert torch.allclose(distillation(teacher, student, 2.0),
+                          4.0 * -(soft * torch.log_softmax(student / 2.0, dim=1)).sum(dim=1).mean())
 
 
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically_away_from_it():

@@ -11,12 +11,14 @@ from clipflux.methods import (  # noqa: F401  (each import registers its method)
     locked_text,
     lora,
     lwf,
+    mas,
     offline_merge,
     paint,
     patching,
     si,
     tic_regimes,
     vera,
+    zscl,
 )
 from clipflux.config import ConfigError, Params
 from clipflux.methods.base import REGISTRY, Method, TaskContext, method_params, register
