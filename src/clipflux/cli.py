@@ -25,7 +25,8 @@ def run(argv: list[str] | None = None) -> None:
     streams = sub.add_parser("write-streams", help="regenerate the stream files of the synthetic world")
     streams.add_argument("--out", type=Path, default=Path("streams"))
     streams.add_argument("--seed", type=int, default=0)
-    streams.add_argument("--model", type=Path, help="base model weights: also write the similarity orders")
+    streams.add_argument("--model", type=Path, help="base model weights: also write the similarity and performance "
+                                                    "orders")
     streams.add_argument("--shards", type=Path, default=Path("data/shards"))
     cards = sub.add_parser("datasets", help="write a dataset card (markdown) and example grids (PNG) per dataset")
     cards.add_argument("--shards", type=Path, default=Path("data/shards"))
@@ -52,14 +53,14 @@ def run(argv: list[str] | None = None) -> None:
     tracking_commands.add_parsers(sub)
     args = parser.parse_args(argv)
     if args.command == "write-streams":
-        model = None
+        model = tokenizer = None
         if args.model:
             from clipflux.config import load_params
             from clipflux.models import create_model, load_weights
 
-            model, _ = create_model(load_params().model)
+            model, tokenizer = create_model(load_params().model)
             load_weights(model, args.model)
-        for path in write_streams(args.out, args.seed, model, args.shards):
+        for path in write_streams(args.out, args.seed, model, args.shards, tokenizer):
             print(f"wrote {path}")
     elif args.command == "datasets":
         print(f"wrote {write_cards(args.shards, args.out)}")

@@ -1,13 +1,16 @@
 """The stream files shipped in `streams/`, generated from the synthetic world (`clipflux write-streams`).
 
-FiF-style orders over every adaptation class: a seeded random order (FiF's default), dataset-incremental,
-an order by similarity to the pretraining pool (most similar first; needs a base model) and its reverse;
-and TiC's time-incremental order over the time-ordered pool's steps.
+FiF-style orders over every adaptation class (FiF ships them as stream_construction/<order>_sequence_1.json and
+<order>_sequence_reverse_1.json): a seeded random order (FiF's default), dataset-incremental, by concept frequency
+in the pretraining pool's captions (most frequent first), and, from a base model, by similarity to the pretraining
+pool (most similar first) and by the base model's zero-shot performance (best first, easy to hard); each with its
+reverse; and TiC's time-incremental order over the time-ordered pool's steps.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -46,17 +49,60 @@ def similarity_order(model: torch.nn.Module, shards: Path, per_class: int = 16, 
     return sorted(scores, key=lambda entry: -scores[entry])
 
 
-def write_streams(out_dir: Path, seed: int, model: torch.nn.Module | None = None, shards: Path | None = None) -> list[Path]:
-    """Write the shipped stream orders into `out_dir`; the similarity orders only when a model is given."""
+def frequency_order(shards: Path) -> list[str]:
+    """Adaptation classes ordered by how many pretraining-pool captions name them (the name or its plural in s or
+    es, as whole words, any case), most frequent first; ties keep the classes' canonical order (FiF orders by the
+    concept's frequency in the pretraining data)."""
+    from clipflux.data.shards import ShardReader
+
+    pool = ShardReader(shards / "pool", "train", verify=False)
+    captions = [pool.read(i, ("txt",))["txt"].lower() for i in range(len(pool))]
+    counts = {}
+    for dataset, classes in adaptation_classes().items():
+        for classname in classes:
+            word = re.compile(rf"(?<![\w-]){re.escape(classname.lower())}(?:e?s)?(?![\w-])")
+            counts[f"{dataset}{SEPARATOR}{classname}"] = sum(1 for c in captions if word.search(c))
+    return sorted(counts, key=lambda entry: -counts[entry])
+
+
+@torch.no_grad()
+def performance_order(model: torch.nn.Module, tokenizer, shards: Path, per_class: int = 16) -> list[str]:
+    """Adaptation classes ordered by the model's zero-shot accuracy on up to `per_class` of their training images
+    (against the dataset's classes, its templates or the bare name), best first; ties keep the canonical order."""
+    from clipflux.data.shards import ShardReader
+    from clipflux.evaluate import class_embeddings, image_embeddings
+
+    model.eval()
+    scores = {}
+    for dataset, classes in adaptation_classes().items():
+        reader = ShardReader(shards / dataset, "train", verify=False)
+        manifest = json.loads((shards / dataset / "manifest.json").read_text())
+        text = class_embeddings(model, tokenizer, classes, manifest.get("templates") or ["{}"])
+        for label, classname in enumerate(classes):
+            indices = np.flatnonzero(reader.labels == label)[:per_class]
+            predicted = (image_embeddings(model, reader, indices, 256) @ text.T).argmax(dim=1)
+            scores[f"{dataset}{SEPARATOR}{classname}"] = float((predicted == label).float().mean())
+    return sorted(scores, key=lambda entry: -scores[entry])
+
+
+def write_streams(out_dir: Path, seed: int, model: torch.nn.Module | None = None, shards: Path | None = None,
+                  tokenizer=None) -> list[Path]:
+    """Write the shipped stream orders into `out_dir`: the frequency orders with `shards`, the similarity and
+    performance orders with a model (and its tokenizer) too."""
     classes = adaptation_classes()
     orders = {
         "fif_random": random_order(classes, seed),
         "dataset_incremental": dataset_incremental(classes, list(classes)),
         "tic_time_incremental": [f"tic{SEPARATOR}{step}" for step in build_world()["tic"].classes],
     }
+    if shards is not None and (shards / "pool").exists():
+        orders["fif_frequency"] = frequency_order(shards)
     if model is not None and shards is not None:
         orders["fif_similarity"] = similarity_order(model, shards)
-        orders["fif_similarity_reverse"] = orders["fif_similarity"][::-1]
+        orders["fif_performance"] = performance_order(model, tokenizer, shards)
+    for name in ("fif_frequency", "fif_similarity", "fif_performance"):
+        if name in orders:
+            orders[f"{name}_reverse"] = orders[name][::-1]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for name, entries in orders.items():
