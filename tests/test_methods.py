@@ -331,6 +331,35 @@ def test_zscl_loss_is_clip_plus_distillation_of_the_zero_shot_model_plus_the_l2_
                           4.0 * -(soft * torch.log_softmax(student / 2.0, dim=1)).sum(dim=1).mean())
 
 
+def test_lora_per_task_starts_each_task_with_fresh_adapters_and_evaluates_their_average():
+    """FiF's lora_per_task: B is zero again at every task start (the adapted weights are the base's), A is redrawn;
+    the evaluated weights are base + scale * mean(B) mean(A) over the stored tasks (the means taken separately)."""
+    from clipflux.methods.lora_per_task import adapter_parameters
+
+    model, tokenizer = _model()
+    method = build_method("lora_per_task", PARAMS["lora_per_task"])
+    method.setup(model)
+    base = merged_state_dict(model)
+    stored = []
+    for task in range(2):
+        method.begin_task(_context(tokenizer, task))
+        assert all(torch.equal(v, base[k]) for k, v in merged_state_dict(model).items())  # a fresh start
+        with torch.no_grad():
+            for name, param in adapter_parameters(model).items():
+                if name.endswith("lora_B"):
+                    param.normal_(0, 0.01)
+        stored.append({n: p.detach().clone() for n, p in adapter_parameters(model).items()})
+        method.end_task(_context(tokenizer, task))
+    assert not torch.equal(*(s[next(iter(s))] for s in stored))  # task 2's A was redrawn
+    module = model.visual.transformer.resblocks[0].mlp.c_proj
+    prefix = "visual.transformer.resblocks.0.mlp.c_proj.parametrizations.weight.0.adapters.0"
+    mean_a = (stored[0][f"{prefix}.lora_A"] + stored[1][f"{prefix}.lora_A"]) / 2
+    mean_b = (stored[0][f"{prefix}.lora_B"] + stored[1][f"{prefix}.lora_B"]) / 2
+    expected = module.parametrizations.weight.original + PARAMS["lora_per_task"]["scale"] * mean_b @ mean_a
+    evaluated = method.eval_model().state_dict()["visual.transformer.resblocks.0.mlp.c_proj.weight"]
+    assert torch.allclose(evaluated, expected, atol=1e-6)
+
+
 def test_ewc_penalty_is_zero_at_the_anchor_and_grows_quadratically_away_from_it():
     model, tokenizer = _model()
     method = build_method("ewc", PARAMS["ewc"])

@@ -10,6 +10,7 @@ from clipflux.methods import (  # noqa: F401  (each import registers its method)
     locked_image,
     locked_text,
     lora,
+    lora_per_task,
     lwf,
     mas,
     offline_merge,
