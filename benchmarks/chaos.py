@@ -4,7 +4,7 @@ compare the end result with an uninterrupted run.
     ./run.sh python benchmarks/chaos.py --kills 20 --seed 0                      # the quick setting's two experiments
     ./run.sh python benchmarks/chaos.py --targets report --set-default           # the whole default study (long)
 
-Two fresh clones of this commit: `reference` runs `dvc repro <targets>` once; `chaos` runs it under a driver that
+Two fresh clones of this commit (the chaos clone at the reference's commit, also when HEAD has moved since): `reference` runs `dvc repro <targets>` once; `chaos` runs it under a driver that
 spreads `--kills` kills over the stages (seeded: each kill picks a stage, still to run, and a moment in it from the
 reference's duration of that stage; the last stretch of a training stage, where it finishes, gets its share) and
 kills the session (dvc, the shell, the stage, any torchrun worker) with SIGKILL, then looks for survivors. Once
@@ -39,8 +39,11 @@ QUICK_TARGETS = ["evaluate@finetune", "evaluate@tic_cumulative_all"]
 STAGE_LINE = re.compile(r"Running stage '([^']+)'")
 
 
-def clone(into: Path, overrides: dict) -> None:
+def clone(into: Path, overrides: dict, commit: str | None = None) -> None:
+    """A fresh clone of this repository (at `commit`, else HEAD) with `overrides` applied to its params.yaml."""
     subprocess.run(["git", "clone", "-q", str(REPO), str(into)], check=True)
+    if commit:
+        subprocess.run(["git", "checkout", "-q", commit], cwd=into, check=True)
     params = yaml.safe_load((into / "params.yaml").read_text())
     for key, value in overrides.items():
         node = params
@@ -242,7 +245,7 @@ def main() -> None:
     if args.check_only:
         return report(args, reference, chaos, seconds, targets)
     subprocess.run(["rm", "-rf", str(chaos)], check=True)
-    clone(chaos, overrides)
+    clone(chaos, overrides, _commit(reference, full=True))  # the reference's code, whatever HEAD is now
     print(f"chaos: chaos run at {_commit(chaos)} (reference at {_commit(reference)})", flush=True)
     durations = stage_durations(args.workdir / "reference.log")
     print(f"chaos: reference took {seconds:.0f} s; stages: "
@@ -328,8 +331,9 @@ def report(args, reference: Path, chaos: Path, seconds: float, targets: list[str
     sys.exit(1 if differ or orphans or problems else 0)
 
 
-def _commit(root: Path) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
+def _commit(root: Path, full: bool = False) -> str:
+    return subprocess.run(["git", "rev-parse", *([] if full else ["--short"]), "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
 
 
 def _stage_outs(lock: Path) -> dict[str, str]:
