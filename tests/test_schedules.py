@@ -194,8 +194,8 @@ def test_constant_warms_up_holds_the_peak_and_cools_down_to_zero(steps, warmup, 
     w, c = warmup_of(0, steps, optim), cooldown_of(steps, optim)
     assume(w + c <= steps)
     values = _task(optim, steps, 0)
-    assert values[:w] == [optim.lr * (s + 1) / w for s in range(w)]
-    assert values[w:steps - c] == [optim.lr] * (steps - c - w)
+    assert all(a < b for a, b in zip(values[:w], values[1:w])) and values[w - 1] == pytest.approx(optim.lr)
+    assert values[w:steps - c] == [optim.lr] * (steps - c - w)  # the peak itself, held
     cool = values[steps - c:]
     assert all(a > b for a, b in zip(cool, cool[1:])) and (not cool or cool[-1] == 0.0)
 
@@ -206,7 +206,8 @@ def test_rsqrt_peaks_at_the_end_of_warmup_then_decays_and_cools_down(steps, warm
     w, c = warmup_of(0, steps, optim), cooldown_of(steps, optim)
     assume(steps - w - c > 0)
     values = _task(optim, steps, 0)
-    assert max(values) == values[w - 1] == values[w] == optim.lr  # sqrt(W / W) = 1 at the first decay step
+    assert values[w - 1] == pytest.approx(optim.lr) and values[w] == pytest.approx(optim.lr)  # sqrt(W / W) = 1
+    assert max(values) == pytest.approx(optim.lr)
     decay = values[w:steps - c]
     assert all(a >= b for a, b in zip(decay, decay[1:]))
     assert values[-1] == 0.0
@@ -226,7 +227,7 @@ def test_rsqrt_recovery_peaks_fall_over_task_boundaries(steps, warmup, cooldown,
         assume(steps - w - c > 0)
         low = optim.lr * floor
         peaks = [lr_at(w - 1, steps, optim, t) for t in range(tasks)]
-        assert peaks[0] == optim.lr
+        assert peaks[0] == pytest.approx(optim.lr)
         falling = peaks if mode != "recovered" else peaks[1:]  # recovered's first target can pass lr (FiF's quirk)
         assert all(a > b for a, b in zip(falling, falling[1:]))
         if mode == "autoregressive":
@@ -274,4 +275,10 @@ def test_rsqrt_without_warmup_or_room_to_recover_is_refused_naming_the_key():
     with pytest.raises(ConfigError, match=r"^train\.optim\.recovery: recovered needs steps beyond warmup and cool"):
         check_schedule(1, 10, cramped, "train.optim")
     check_schedule(1, 10, dataclasses.replace(cramped, recovery="autoregressive"), "train.optim")
+    check_schedule(3, 10, dataclasses.replace(cramped, recovery="continued"), "train.optim")  # FiF's sqrt stays real
+    with pytest.raises(ConfigError, match=r"^train\.optim\.recovery: continued needs steps"):
+        check_schedule(5, 10, _optim("rsqrt_with_recovery", 0.5, 0.6, 0.0, "continued"), "train.optim")
+    all_warmup = _optim("cosine_with_recovery", 0.99, None, 0.0, "autoregressive")
+    with pytest.raises(ConfigError, match=r"^train\.optim\.schedule: cosine_with_recovery needs steps after"):
+        check_schedule(1, 10, all_warmup, "train.optim")
     check_schedule(0, 10, dataclasses.replace(BASE, warmup_share=None), "train.optim")  # cosine needs no warmup

@@ -47,18 +47,22 @@ def cooldown_of(steps: int, optim: OptimConfig) -> int:
 
 
 def check_schedule(task: int, steps: int, optim: OptimConfig, path: str = "optim") -> None:
-    """Raise ConfigError, naming the key, where the schedule cannot run `task` of `steps` steps: the inverse
-    square roots divide by the warmup, and their recovery across tasks by the steps between warmup and cooldown."""
-    if not optim.schedule.startswith("rsqrt"):
-        return
+    """Raise ConfigError, naming the key, where the schedule cannot run `task` of `steps` steps (where FiF's formulas
+    divide by zero): the inverse square roots divide by the warmup, their recovery across tasks by the steps seen
+    so far, and the cosine recoveries by the steps after the warmup."""
     warmup, cooldown = warmup_of(task, steps, optim), cooldown_of(steps, optim)
-    if warmup == 0:
+    if optim.schedule.startswith("rsqrt") and warmup == 0:
         raise ConfigError(f"{path}.schedule: {optim.schedule} needs a warmup (it decays as sqrt(warmup / step)); "
                           f"task {task} of {steps} steps has none: set warmup_share or warmup_steps")
-    if optim.schedule == "rsqrt_with_recovery" and optim.recovery != "autoregressive" and task \
-            and steps - cooldown - warmup <= 0:
-        raise ConfigError(f"{path}.recovery: {optim.recovery} needs steps beyond warmup and cooldown; task {task} "
-                          f"has {steps} steps, a warmup of {warmup} and a cooldown of {cooldown}")
+    if optim.schedule == "rsqrt_with_recovery" and task:
+        room = steps - cooldown - warmup
+        if optim.recovery == "recovered" and room <= 0 or \
+                optim.recovery == "continued" and (steps - cooldown) + (task - 1) * room <= 0:
+            raise ConfigError(f"{path}.recovery: {optim.recovery} needs steps beyond warmup and cooldown; task "
+                              f"{task} has {steps} steps, a warmup of {warmup} and a cooldown of {cooldown}")
+    if optim.schedule in ("cosine_with_recovery", "cosine_with_dynamic_recovery") and warmup >= steps:
+        raise ConfigError(f"{path}.schedule: {optim.schedule} needs steps after the warmup; task {task} has {steps} "
+                          f"steps and a warmup of {warmup}")
 
 
 def lr_at(step: int, steps: int, optim: OptimConfig, task: int = 0) -> float:
@@ -146,7 +150,7 @@ def _recovered_peak(task: int, steps: int, warmup: int, optim: OptimConfig) -> f
     floor = optim.lr * optim.min_lr_share
     if not task or optim.recovery != "autoregressive":
         return optim.lr
-    done = (task * (steps - warmup) + 1) / max(1, (task + 1) * (steps - warmup))
+    done = (task * (steps - warmup) + 1) / ((task + 1) * (steps - warmup))
     return floor + 0.5 * (1 + math.cos(math.pi * done)) * (optim.lr - floor)
 
 

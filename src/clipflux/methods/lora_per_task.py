@@ -23,7 +23,8 @@ import torch
 from clipflux.methods.adapters import merged_state_dict
 from clipflux.methods.base import TaskContext, register
 from clipflux.methods.lora import LoRA
-from clipflux.methods.weights import clone_tensors, copy_model
+from clipflux.methods.paint import on_host
+from clipflux.methods.weights import copy_model
 
 
 def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
@@ -34,6 +35,8 @@ def adapter_parameters(model: torch.nn.Module) -> dict[str, torch.nn.Parameter]:
 @register("lora_per_task")
 class LoRAPerTask(LoRA):
     """LoRA with new adapters every task; the average of all tasks' adapters is evaluated."""
+
+    host_state = ("_plain", "stored")  # the stored adapters wait on the host, as FiF's list of state dicts
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
@@ -54,7 +57,7 @@ class LoRAPerTask(LoRA):
                     param.zero_()
 
     def end_task(self, task: TaskContext) -> None:
-        self.stored.append({n: p.detach().to("cpu", copy=True) for n, p in adapter_parameters(self.model).items()})
+        self.stored.append(on_host(adapter_parameters(self.model)))
 
     def eval_model(self) -> torch.nn.Module:
         if not self.stored:
@@ -62,13 +65,14 @@ class LoRAPerTask(LoRA):
         shell = copy_model(self.model)  # the adapted model with the averaged adapters, merged
         with torch.no_grad():
             for name, param in adapter_parameters(shell).items():
-                param.copy_(torch.stack([s[name] for s in self.stored]).mean(dim=0))
+                param.copy_(torch.stack([s[name] for s in self.stored]).mean(dim=0).to(param.device))
         merged = copy_model(self._plain)
         merged.load_state_dict(merged_state_dict(shell))
         return merged.to(next(self.model.parameters()).device)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stored": [clone_tensors(s) for s in self.stored]}
+        return {"stored": [on_host(s) for s in self.stored]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stored = [clone_tensors(s) for s in state["stored"]]
+        # back on the host, where the trainer may have moved a loaded state to the training device
+        self.stored = [on_host(s) for s in state["stored"]]

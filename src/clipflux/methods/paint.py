@@ -6,18 +6,26 @@ arXiv 2208.05592). The running merge starts as the zero-shot model; after task t
 
     merged_t = operator(finetuned_t, merged_{t-1}; base = zero-shot)
 
-which is exactly FiF's "unrolled" merge over its stored checkpoints, kept online. Two choices make FiF's
-double-merge regimes (continual_lib/double_merge_<train>_<evaluate>.py, on double_merge_base.py):
+which is exactly `ema_paint`'s unrolled merge over its stored checkpoints [zero-shot, finetuned_1, ...], kept
+online. Two choices make FiF's other merging regimes, each a choice among these weights after task t:
 
-- `train_from`, the weights each task after the first starts from: `merged`, the running merge (FiF's
-  `ema_paint`, the double merge's "unrolled"); `finetuned`, the previous task's finetuned weights ("ft"); `all`,
-  one merge of every task's finetuned weights so far ("all", `all_merge`); `zeroshot` (`zs_paint`).
-- `evaluate`, the weights evaluated after each task: `merged` ("unrolled"), `all`, or `finetuned` ("ft").
+- `merged`: the running merge above (FiF's `ema_paint.py` and `zs_paint.py` `unrolled_merge`, from the zero-shot
+  model);
+- `unrolled`: the double merges' unrolled merge over the finetuned checkpoints only, from the first:
+  finetuned_1 after task 1, then operator(finetuned_t, unrolled_{t-1}) (double_merge_base.py:104-113, called with
+  `running[1:]`);
+- `all`: one merge of every task's finetuned weights (`all_merge`, double_merge_base.py:115-119), weighted
+  equally (the double merges reset the interpolation weights to None, uniform);
+- `wise`: operator(finetuned_t, zero-shot), the last task merged with the zero-shot model (`ft_paint.py`);
+- `finetuned`: the last task's weights ("ft"); `zeroshot` (training only).
 
-FiF's `ema_paint` is merged/merged, `ft_paint` finetuned/merged, `zs_paint` and `double_merge_zs_unrolled`
-zeroshot/merged, and `double_merge_all_all`, `all_ft`, `all_unrolled`, `ft_all`, `ft_unrolled`, `unrolled_all`,
-`unrolled_ft` the pairs they name. An `all` merge weighs the models equally, as the double merges do (they reset
-the interpolation weights to None, uniform); FiF's offline merge, with its weightings, is `offline_merge`.
+`train_from` picks the weights each task after the first starts from, `evaluate` those evaluated after each
+task. FiF's `ema_paint` is merged/merged, `zs_paint` zeroshot/merged, `ft_paint` wise/wise, and
+`double_merge_<train>_<eval>.py` is <train>/<eval> with ft = finetuned and zs = zeroshot (`all_all`, `all_ft`,
+`all_unrolled`, `ft_all`, `ft_unrolled`, `unrolled_all`, `unrolled_ft`, `zs_unrolled`). Where a double merge also
+runs an all-merge (`all_unrolled`, `unrolled_all`), FiF resets the interpolation weights to uniform before its
+unrolled merge too, so there `alpha` acts as 0.5 in FiF; here `alpha` is used as configured (keep 0.5 to
+match). FiF's offline merge, with its weightings, is `offline_merge`.
 
 The zero-shot weights and the running merge live on the host, as FiF keeps its merge checkpoints: `.cpu()`
 copies (`continual_lib/utils/base_continual_learner.py:112-130`, `ema_paint.py:84-87`), put on the GPU only to
@@ -118,15 +126,16 @@ class PaintParams(MergeParams):
     """Hyperparameters of continual merging (and `MergeParams`).
 
     Attributes:
-        train_from: "merged", "finetuned", "all" or "zeroshot": the weights each task after the first starts from.
-        evaluate: "merged", "all" or "finetuned": the weights evaluated after each task.
+        train_from: "merged", "unrolled", "all", "wise", "finetuned" or "zeroshot": the weights each task after
+            the first starts from (see the module docstring).
+        evaluate: "merged", "unrolled", "all", "wise" or "finetuned": the weights evaluated after each task.
         alpha: interpolation and slerp into the running merge: the weight of the newly finetuned model (FiF's
             default mean: 0.5).
     """
 
-    train_from: Literal["merged", "finetuned", "all", "zeroshot"]
+    train_from: Literal["merged", "unrolled", "all", "wise", "finetuned", "zeroshot"]
     alpha: float
-    evaluate: Literal["merged", "all", "finetuned"] = "merged"
+    evaluate: Literal["merged", "unrolled", "all", "wise", "finetuned"] = "merged"
 
     def validate(self, path: str) -> None:
         super().validate(path)
@@ -200,33 +209,38 @@ def on_host(state: dict[str, torch.Tensor]) -> StateDict:
 
 @register("paint")
 class Paint(Method):
-    """Train each task with the CLIP loss, then merge it: into the running merge, and/or with every earlier task's
-    finetuned weights; the weights chosen by `evaluate` are evaluated."""
+    """Train each task with the CLIP loss, then merge it (into the running merge, the unrolled merge, with every
+    earlier task, or with the zero-shot model); the weights chosen by `evaluate` are evaluated."""
 
     Params = PaintParams
-    host_state = ("zeroshot", "merged", "finetuned")
+    host_state = ("zeroshot", "merged", "unrolled", "wise", "finetuned")
 
     def setup(self, model: torch.nn.Module) -> None:
         super().setup(model)
         self.zeroshot = on_host(model.state_dict())
         self.merged = on_host(model.state_dict())
+        self.unrolled: StateDict | None = None  # after the first task
+        self.wise: StateDict | None = None
         self.finetuned: list[StateDict] = []  # every task's finetuned weights, kept only for `all` merges
         self.merges = 0
 
     def _uses(self, weights: str) -> bool:
         return weights in (self.params.train_from, self.params.evaluate)
 
+    def _weights(self, kind: str) -> StateDict:
+        if kind == "all":
+            return merge_all(self.params, self.finetuned, self.zeroshot, self.merges - 1)
+        return {"merged": self.merged, "unrolled": self.unrolled, "wise": self.wise, "zeroshot": self.zeroshot}[kind]
+
     def begin_task(self, task: TaskContext) -> None:
         if task.index == 0 or self.params.train_from == "finetuned":
             return
-        start = {"merged": lambda: self.merged, "zeroshot": lambda: self.zeroshot,
-                 "all": lambda: merge_all(self.params, self.finetuned, self.zeroshot, task.index - 1)}
-        load_weights_(self.model, start[self.params.train_from]())
+        load_weights_(self.model, self._weights(self.params.train_from))
 
     def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
-        # one merge per task into the running merge and one of every task's weights (charged as one merge)
-        return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator] * (self._uses("merged")
-                                                                                      + self._uses("all")))
+        # one merge per task for each kind of merged weights in use (an all-merge charged as one merge)
+        merges = sum(self._uses(kind) for kind in ("merged", "unrolled", "all", "wise"))
+        return ExtraWork(weight_passes_per_task=MERGE_PASSES[self.params.operator] * merges)
 
     def end_task(self, task: TaskContext) -> None:
         finetuned = on_host(self.model.state_dict())
@@ -234,21 +248,29 @@ class Paint(Method):
             self.finetuned.append(finetuned)
         if self._uses("merged"):
             self.merged = merge_into(self.params, self.merged, finetuned, self.zeroshot, task.index)
+        if self._uses("unrolled"):
+            self.unrolled = finetuned if self.unrolled is None else merge_into(
+                self.params, self.unrolled, finetuned, self.zeroshot, task.index)
+        if self._uses("wise"):
+            self.wise = merge_into(self.params, self.zeroshot, finetuned, self.zeroshot, task.index)
         self.merges += 1
 
     def eval_model(self) -> torch.nn.Module:
         if self.params.evaluate == "finetuned":
             return self.model
-        if self.params.evaluate == "all" and self.finetuned:
-            return with_weights(self.model, merge_all(self.params, self.finetuned, self.zeroshot, self.merges - 1))
-        return with_weights(self.model, self.merged)
+        return with_weights(self.model, self._weights(self.params.evaluate))
 
     def state_dict(self) -> dict[str, Any]:
-        return {"zeroshot": on_host(self.zeroshot), "merged": on_host(self.merged), "merges": self.merges,
-                "finetuned": [on_host(f) for f in self.finetuned]}
+        def copy(state: StateDict | None) -> StateDict | None:
+            return None if state is None else on_host(state)
+
+        return {"zeroshot": on_host(self.zeroshot), "merged": on_host(self.merged), "unrolled": copy(self.unrolled),
+                "wise": copy(self.wise), "finetuned": [on_host(f) for f in self.finetuned], "merges": self.merges}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # back on the host, where the trainer may have moved a loaded state to the training device
         self.zeroshot, self.merged = on_host(state["zeroshot"]), on_host(state["merged"])
+        self.unrolled = None if state["unrolled"] is None else on_host(state["unrolled"])
+        self.wise = None if state["wise"] is None else on_host(state["wise"])
         self.finetuned = [on_host(f) for f in state["finetuned"]]
         self.merges = state["merges"]

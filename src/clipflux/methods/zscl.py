@@ -5,7 +5,7 @@ Zheng et al., "Preventing Zero-Shot Transfer Degradation in Continual Learning o
 2023 (arXiv 2303.06628), as its code runs it (Thunderbeee/ZSCL, mtil/src/models/finetune.py; the settings of
 mtil/scripts/ZSCL.sh: `--image_loss --text_loss --we --avg_freq 100 --l2 1` over 1000 iterations per task):
 
-    loss = CLIP loss + distil(z_ref, z) + distil(z_ref^T, z^T) + l2 * sum_p mse(theta_p, theta_p at task start)
+    loss = CLIP loss + distil(z_ref, z) + distil(z_ref^T, z^T) + l2 * sum_p ||theta_p - theta_p at task start||^2
     z = s * f_img(x) @ g_ref(t)^T,  z_ref = s * f_img_ref(x) @ g_ref(t)^T
     distil(a, b) = T^2 * CE(b / T, softmax(a / T))                       (helpers `distillation`, T = 2)
     weight ensemble: after step i of a task with i % every == 0: n += 1, avg <- (n avg + theta) / (n + 1)
@@ -87,7 +87,8 @@ class ZSCL(Method):
         current, target = logit_scale * image_features @ ref_texts.T, logit_scale * ref_images @ ref_texts.T
         temperature = self.params.temperature
         distil = distillation(target, current, temperature) + distillation(target.T, current.T, temperature)
-        pull = sum((F.mse_loss(p, self.start[n]) for n, p in trainable(self.model).items()), torch.zeros(()))
+        pull = sum((F.mse_loss(p, self.start[n], reduction="sum") for n, p in trainable(self.model).items()),
+                   torch.zeros(()))  # ZSCL's helpers.l2_loss: mse_loss(..., reduction="sum")
         return clip_loss(out) + distil + self.params.l2 * pull
 
     def extra_work(self, steps: int, batch_size: int) -> ExtraWork:
