@@ -13,8 +13,9 @@ def test_one_process_runs_the_script_without_torchrun():
 
 
 def test_several_processes_go_through_torchrun():
+    """torchrun of this interpreter (not the first `torchrun` on PATH, which a bare `.venv/bin/python` lacks)."""
     assert command(2, "stages/train.py", ["--x"]) == [
-        "torchrun", "--standalone", "--nproc-per-node", "2", "stages/train.py", "--x"]
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "stages/train.py", "--x"]
 
 
 def test_zero_processes_is_refused():
