@@ -26,25 +26,39 @@ def adaptation_classes() -> dict[str, list[str]]:
 
 
 @torch.no_grad()
-def similarity_order(model: torch.nn.Module, shards: Path, per_class: int = 16, pool_samples: int = 1000) -> list[str]:
+def class_image_embeddings(model: torch.nn.Module, shards: Path, per_class: int = 16) -> dict[str, list[torch.Tensor]]:
+    """Per adaptation dataset, the model's image embeddings of up to `per_class` training images of each class, in
+    class order (what the similarity and performance orders both score)."""
+    from clipflux.data.shards import ShardReader
+    from clipflux.evaluate import image_embeddings
+
+    model.eval()
+    embedded = {}
+    for dataset, classes in adaptation_classes().items():
+        reader = ShardReader(shards / dataset, "train", verify=False)
+        embedded[dataset] = [image_embeddings(model, reader, np.flatnonzero(reader.labels == label)[:per_class], 256)
+                             for label in range(len(classes))]
+    return embedded
+
+
+@torch.no_grad()
+def similarity_order(model: torch.nn.Module, shards: Path, embedded: dict[str, list[torch.Tensor]] | None = None,
+                     pool_samples: int = 1000) -> list[str]:
     """Adaptation classes ordered by how close their images are to the pretraining pool, closest first.
 
-    A class's similarity is the mean, over up to `per_class` of its training images, of the highest cosine
-    similarity to `pool_samples` pool images in the model's image embedding space (FiF orders its
+    A class's similarity is the mean, over its embedded training images (`class_image_embeddings`), of the
+    highest cosine similarity to `pool_samples` pool images in the model's image embedding space (FiF orders its
     similarity streams by CLIP-space similarity to the pretraining data).
     """
     from clipflux.data.shards import ShardReader
     from clipflux.evaluate import image_embeddings
 
-    model.eval()
+    embedded = embedded or class_image_embeddings(model, shards)
     pool = ShardReader(shards / "pool", "train", verify=False)
     pool_emb = image_embeddings(model, pool, np.arange(min(pool_samples, len(pool))), 256)
     scores = {}
     for dataset, classes in adaptation_classes().items():
-        reader = ShardReader(shards / dataset, "train", verify=False)
-        for label, classname in enumerate(classes):
-            indices = np.flatnonzero(reader.labels == label)[:per_class]
-            emb = image_embeddings(model, reader, indices, 256)
+        for classname, emb in zip(classes, embedded[dataset]):
             scores[f"{dataset}{SEPARATOR}{classname}"] = float((emb @ pool_emb.T).max(dim=1).values.mean())
     return sorted(scores, key=lambda entry: -scores[entry])
 
@@ -66,21 +80,20 @@ def frequency_order(shards: Path) -> list[str]:
 
 
 @torch.no_grad()
-def performance_order(model: torch.nn.Module, tokenizer, shards: Path, per_class: int = 16) -> list[str]:
-    """Adaptation classes ordered by the model's zero-shot accuracy on up to `per_class` of their training images
-    (against the dataset's classes, its templates or the bare name), best first; ties keep the canonical order."""
-    from clipflux.data.shards import ShardReader
-    from clipflux.evaluate import class_embeddings, image_embeddings
+def performance_order(model: torch.nn.Module, tokenizer, shards: Path,
+                      embedded: dict[str, list[torch.Tensor]] | None = None) -> list[str]:
+    """Adaptation classes ordered by the model's zero-shot accuracy on their embedded training images
+    (`class_image_embeddings`), against the dataset's classes with its templates or the bare name, best first;
+    ties keep the canonical order."""
+    from clipflux.evaluate import class_embeddings
 
-    model.eval()
+    embedded = embedded or class_image_embeddings(model, shards)
     scores = {}
     for dataset, classes in adaptation_classes().items():
-        reader = ShardReader(shards / dataset, "train", verify=False)
         manifest = json.loads((shards / dataset / "manifest.json").read_text())
         text = class_embeddings(model, tokenizer, classes, manifest.get("templates") or ["{}"])
-        for label, classname in enumerate(classes):
-            indices = np.flatnonzero(reader.labels == label)[:per_class]
-            predicted = (image_embeddings(model, reader, indices, 256) @ text.T).argmax(dim=1)
+        for label, (classname, emb) in enumerate(zip(classes, embedded[dataset])):
+            predicted = (emb @ text.T).argmax(dim=1)
             scores[f"{dataset}{SEPARATOR}{classname}"] = float((predicted == label).float().mean())
     return sorted(scores, key=lambda entry: -scores[entry])
 
@@ -98,8 +111,9 @@ def write_streams(out_dir: Path, seed: int, model: torch.nn.Module | None = None
     if shards is not None and (shards / "pool").exists():
         orders["fif_frequency"] = frequency_order(shards)
     if model is not None and shards is not None:
-        orders["fif_similarity"] = similarity_order(model, shards)
-        orders["fif_performance"] = performance_order(model, tokenizer, shards)
+        embedded = class_image_embeddings(model, shards)  # once, for both orders
+        orders["fif_similarity"] = similarity_order(model, shards, embedded)
+        orders["fif_performance"] = performance_order(model, tokenizer, shards, embedded)
     for name in ("fif_frequency", "fif_similarity", "fif_performance"):
         if name in orders:
             orders[f"{name}_reverse"] = orders[name][::-1]
