@@ -74,3 +74,24 @@ def test_ranks_slices_are_the_whole_batch_crops(tiny_shards, world_size):
 def test_unknown_augmentation_is_refused(tiny_shards):
     with pytest.raises(ValueError, match="augment: 'flip'"):
         _batches(tiny_shards, "flip")
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_every_row_names_the_source_it_was_drawn_from(tiny_shards, world_size):
+    """`sources` gives each row's index in SOURCES: update rows first, then buffer, then pretraining, as `items`
+    lays them out, and each rank's slice keeps its rows' origin."""
+    reader = ShardReader(tiny_shards / "novel_shapes", "train")
+    items = index_items(0, reader)
+    new, old, pool = items[:10], items[10:20], np.stack([np.ones(5, dtype=np.int64), np.arange(5)], axis=1)
+    batches = StepBatches([reader, reader], {"update": new, "buffer": old, "pretraining": pool},
+                          {"update": 4, "buffer": 2, "pretraining": 2}, 0, 0, 3,
+                          tokenizer=lambda texts: torch.zeros(len(texts), 4, dtype=torch.long), image_size=32)
+    for rank in range(world_size):
+        batch = batches.shard(rank, world_size)[1]
+        whole = torch.as_tensor(batches.items(1))[rank::world_size]
+        assert torch.equal(batch["items"], whole)
+        expected = torch.tensor([0] * 4 + [1] * 2 + [2] * 2)[rank::world_size]
+        assert torch.equal(batch["sources"], expected)
+        origin = {0: new, 1: old, 2: pool}
+        for (dataset, index), source in zip(batch["items"].tolist(), batch["sources"].tolist()):
+            assert [dataset, index] in origin[source].tolist()

@@ -640,3 +640,60 @@ def test_patching_starts_from_the_first_model_then_interpolates_with_the_previou
     _train_like(model, 1.0)  # trained_2 = patched_1 + 1
     method.end_task(_context(tokenizer, 1))
     assert torch.allclose(method.patched["visual.proj"], base + 0.75 * 1.0 + 0.25 * 2.0)
+
+
+# -- replay with memories ------------------------------------------------------------------------------
+
+
+def _rows(tokenizer, items: list[tuple[int, int]], sources: list[int], seed: int = 0) -> dict[str, torch.Tensor]:
+    batch = _batch(tokenizer, len(items), seed)
+    return dict(batch, items=torch.tensor(items), sources=torch.tensor(sources))
+
+
+def test_derpp_records_new_samples_and_distils_them_when_replayed():
+    """Task 1 records each update row's embeddings (not the buffer's or the pool's); in task 2 a replayed sample
+    with a record adds alpha * mean_rows (||image - z_image||^2 + ||text - z_text||^2) / 2 to the CLIP loss, and
+    replayed samples without a record add nothing."""
+    model, tokenizer = _model()
+    method = build_method("derpp", {"alpha": 0.7})
+    method.setup(model)
+    first = _rows(tokenizer, [(0, 1), (0, 2), (0, 3), (1, 9)], [0, 0, 0, 2])
+    with torch.no_grad():
+        out = model(first["images"], first["texts"])
+        assert torch.equal(method.loss(first, out), clip_loss(out))  # nothing recorded yet: no distillation
+    method.end_task(_context(tokenizer))
+    assert method.codes.tolist() == [1, 2, 3]
+    assert torch.equal(method.responses[1], torch.stack([out[0][1], out[1][1]]))
+    _perturb_trainable(model)
+    second = dict(_rows(tokenizer, [(0, 7), (0, 2), (0, 3), (0, 5)], [0, 1, 1, 1], seed=0))
+    second["images"], second["texts"] = first["images"], first["texts"]  # the samples' own pixels and captions
+    now = model(second["images"], second["texts"])
+    distilled = method.loss(second, now) - clip_loss(now)
+    # rows 1 and 2 are replayed and recorded; row 3 is replayed but (0, 5) was never trained on
+    expected = sum(((now[0][r] - out[0][r]).square().sum() + (now[1][r] - out[1][r]).square().sum()) / 2
+                   for r in (1, 2)) / 2
+    assert distilled.item() > 0 and torch.allclose(distilled, 0.7 * expected, rtol=1e-5)
+    state = method.state_dict()
+    again = build_method("derpp", {"alpha": 0.7})
+    again.setup(model)
+    again.load_state_dict(state)
+    assert torch.equal(again.codes, method.codes) and torch.equal(again.responses, method.responses)
+    assert set(again.recording) == set(method.recording) == {7}  # this task's update row, kept mid-task
+
+
+def test_gdumb_starts_every_task_from_the_base_model_and_trains_on_the_memory_only(tiny_shards, tmp_path):
+    """Each task's batches come only from the reservoir memory with that task in it (and the pool's share), and
+    the model is the base model again when a task begins."""
+    trainer = _trainer(tiny_shards, tmp_path, lambda *a: None, "gdumb", {"memory_size": 10})
+    base = snapshot(trainer.model)
+    trainer.fit()
+    assert trainer.buffer.policy == "reservoir" and len(trainer.buffer.items()) == 10
+    memory = {tuple(i) for i in trainer.buffer.items().tolist()}
+    assert any(tuple(i) in memory for i in trainer.tasks[0].tolist())  # the memory spans both tasks
+    assert any(tuple(i) in memory for i in trainer.tasks[1].tolist())
+    trainer.buffer.per_task.pop()  # back to the buffer as task 2 saw it
+    batches = trainer._batches(1, STEPS)
+    assert batches.counts["buffer"] == 0
+    assert {tuple(i) for i in batches.sources["update"].tolist()} == memory
+    trainer.method.begin_task(_context(trainer.tokenizer, 1))
+    assert all(torch.equal(v, base[k]) for k, v in snapshot(trainer.model).items())

@@ -98,3 +98,16 @@ def test_shrinking_shares_keep_a_subset_of_what_was_kept():
     two = {tuple(i) for i in _filled("exp", 100, [500, 500]).held()[0].tolist()}
     three = {tuple(i) for i in _filled("exp", 100, [500, 500, 500]).held()[0].tolist()}
     assert three <= two and len(three) < len(two)
+
+
+@given(st.sampled_from(["all", "none", "reservoir", "exp", "equal"]), st.integers(1, 300),
+       st.lists(st.integers(0, 200), max_size=5), st.integers(0, 200))
+def test_items_with_a_task_are_what_the_buffer_holds_once_it_is_added(policy, capacity, sizes, more):
+    """GDumb's memory during a task (`items_with`) is the buffer after `add_task`, and reading it changes nothing."""
+    buffer = _filled(policy, capacity, sizes)
+    before = buffer.items().copy()
+    task = np.stack([np.full(more, len(sizes)), np.arange(more)], axis=1)
+    ahead = buffer.items_with(task)
+    assert np.array_equal(buffer.items(), before)
+    buffer.add_task(task)
+    assert np.array_equal(ahead, buffer.items())

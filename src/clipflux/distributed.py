@@ -135,6 +135,17 @@ def global_batch(placement: Placement) -> Iterator[None]:
         _GLOBAL_BATCH.reset(token)
 
 
+def batch_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """Within `global_batch`: every rank's rows of a per-sample tensor, back in the order of the whole batch
+    (rank r holds rows r, r + W, r + 2W, ... of it: `StepBatches.shard`), without gradient; else `tensor`."""
+    placement = _GLOBAL_BATCH.get()
+    if placement is None:
+        return tensor.detach()
+    parts = [torch.empty_like(tensor) for _ in range(placement.world_size)]
+    dist.all_gather(parts, tensor.detach().contiguous())
+    return torch.stack(parts, dim=1).flatten(0, 1)  # interleave: row i of rank r is row i * W + r
+
+
 class _GatherWithGrad(torch.autograd.Function):
     """All ranks' tensors concatenated along dim 0; the gradient flows back to each rank's own rows."""
 
@@ -169,4 +180,4 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
             + F.cross_entropy(logit_scale * text_features @ all_images.T, labels)) / 2
 
 
-__all__ = ["Placement", "broadcast", "clip_loss", "gather", "global_batch", "mean", "start", "stop"]
+__all__ = ["Placement", "batch_rows", "broadcast", "clip_loss", "gather", "global_batch", "mean", "start", "stop"]

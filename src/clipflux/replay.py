@@ -138,8 +138,18 @@ class Buffer:
 
     def add_task(self, items: np.ndarray) -> None:
         """Add the samples of a finished task (in the task's own seeded order)."""
-        order = np.random.default_rng([self.seed, len(self.per_task), 7919]).permutation(len(items))
-        self.per_task.append(np.asarray(items)[order])
+        self.per_task.append(self._ordered(items, len(self.per_task)))
+
+    def _ordered(self, items: np.ndarray, task: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, task, 7919]).permutation(len(items))
+        return np.asarray(items)[order]
+
+    def items_with(self, items: np.ndarray) -> np.ndarray:
+        """What the buffer would hold with the samples of one more task added (the buffer itself unchanged):
+        GDumb's memory while it trains on the task."""
+        ahead = Buffer(self.policy, self.capacity, self.seed)
+        ahead.per_task = self.per_task + [self._ordered(items, len(self.per_task))]
+        return ahead.items()
 
     def held(self) -> list[np.ndarray]:
         """The items held from each past task, oldest first."""

@@ -216,6 +216,8 @@ class Trainer:
         new = self.tasks[task]
         if self.method.data_mode == "union":  # TiC's cumulative regimes: new and replayed data as one pool
             new, buffer_items = np.concatenate([new, buffer_items]), buffer_items[:0]
+        elif self.method.data_mode == "memory":  # GDumb: only what the buffer holds once this task is in it
+            new, buffer_items = self.buffer.items_with(new), buffer_items[:0]
         counts = split_batch(self.run.optim.batch_size, self.mixture, len(buffer_items), len(self.pool))
         sources = {"update": new, "buffer": buffer_items, "pretraining": self.pool}
         return StepBatches(self.readers, sources, counts, self.run.seed, task, steps, self.tokenizer,

@@ -78,6 +78,11 @@ class StepBatches(torch.utils.data.Dataset):
                       self.blocks[name]) for i, name in enumerate(SOURCES)]
         return np.concatenate(parts)
 
+    def source_of_rows(self) -> np.ndarray:
+        """Per row of a whole batch, the index in `SOURCES` of the source it comes from (the same every step)."""
+        rows = [self.counts[name] if len(self.sources[name]) else 0 for name in SOURCES]  # as `draw` gives them
+        return np.repeat(np.arange(len(SOURCES)), rows)
+
     def __getitem__(self, step: int) -> dict[str, torch.Tensor]:
         everything = self.items(step)
         positions = np.arange(len(everything))[self.rank::self.world_size]
@@ -95,6 +100,7 @@ class StepBatches(torch.utils.data.Dataset):
             "images": pixels,
             "texts": self.tokenizer([s["txt"] for s in samples]),
             "items": torch.as_tensor(items),
+            "sources": torch.as_tensor(self.source_of_rows()[positions]),  # index in SOURCES, per row
         }
 
 

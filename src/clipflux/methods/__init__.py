@@ -2,10 +2,12 @@
 
 from clipflux.methods import (  # noqa: F401  (each import registers its method)
     bitfit,
+    derpp,
     dora,
     ema,
     ewc,
     finetune,
+    gdumb,
     lnfit,
     locked_image,
     locked_text,

@@ -93,7 +93,8 @@ class Method:
     Params: ClassVar[type] = NoParams
     # How a task's batches are drawn (read by the trainer): "mixture" = the experiment's FiF mixture of
     # update / buffer / pretraining shares; "union" = TiC's cumulative regimes, uniformly over the new data
-    # and the replay buffer together.
+    # and the replay buffer together; "memory" = GDumb: the new data's share drawn only from what the buffer
+    # holds with this task added (`Buffer.items_with`), and no buffer share.
     data_mode: ClassVar[str] = "mixture"
     # Attributes the method keeps on the host (CPU) between steps and uses only at task boundaries or for
     # evaluation (merge snapshots, an unadapted copy): the compute budget does not charge them to the
