@@ -48,6 +48,14 @@ def run(argv: list[str] | None = None) -> None:
     budget.add_argument("--set", nargs="+", default=[], metavar="METHOD.KEY=VALUE",
                         help="override a method's hyperparameter of params.yaml, e.g. ewc.max_fim_samples=50000")
     budget.add_argument("--cuda", action="store_true", help="memory: the CUDA allocator's peak over real steps")
+    probe = sub.add_parser("linear-probe", help="a linear probe on a model's frozen image features, per adaptation "
+                                                "dataset, beside its zero-shot accuracy")
+    probe.add_argument("--model", type=Path, required=True, help="weights, e.g. models/base.pt or "
+                                                                 "models/finetune/task_004.pt")
+    probe.add_argument("--shards", type=Path, default=Path("data/shards"))
+    probe.add_argument("--datasets", nargs="+", help="default: every adaptation dataset with a classification task")
+    probe.add_argument("--weight-decay", type=float, default=1e-4, help="L2 strength of the logistic regression")
+    probe.add_argument("--out", type=Path, help="also write the table here (markdown)")
     deps = sub.add_parser("stage-deps", help="check dvc.yaml's code dependencies against the import graph")
     deps.add_argument("--write", action="store_true", help="rewrite the src/ and configs/ entries of dvc.yaml")
     tracking_commands.add_parsers(sub)
@@ -70,8 +78,27 @@ def run(argv: list[str] | None = None) -> None:
         print_budget(args)
     elif args.command == "stage-deps":
         stage_deps(args.write)
+    elif args.command == "linear-probe":
+        linear_probe(args)
     elif args.command in tracking_commands.COMMANDS:
         tracking_commands.run(args)
+
+
+def linear_probe(args: argparse.Namespace) -> None:
+    """`clipflux linear-probe`: print (and with --out write) the zero-shot and linear-probe table of a model."""
+    from clipflux import probe
+    from clipflux.config import load_params
+    from clipflux.models import create_model, load_weights
+
+    model, tokenizer = create_model(load_params().model)
+    load_weights(model, args.model)
+    datasets = args.datasets or probe.classification_datasets(args.shards)
+    text = f"Linear probe of {args.model} (weight decay {args.weight_decay:g}), test accuracy in percent:\n\n"
+    text += probe.table(probe.linear_probe(model, tokenizer, args.shards, datasets, args.weight_decay)) + "\n"
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
 
 
 def stage_deps(rewrite: bool) -> None:
