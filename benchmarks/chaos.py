@@ -58,7 +58,10 @@ class Repro:
     """One `dvc repro` in a session of its own, its output followed line by line."""
 
     def __init__(self, root: Path, targets: list[str], log):
-        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+        # The clone's own code: the environment's editable install would otherwise import this checkout's src/,
+        # whatever the clone's commit (PYTHONPATH comes before the install's path).
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TQDM_DISABLE": "1",
+               "PYTHONPATH": str(Path(root).resolve() / "src")}
         # As `./run.sh repro` runs it: DVC with dvc.lock written atomically (clipflux.dvcrun).
         self.proc = subprocess.Popen([sys.executable, "-m", "clipflux.dvcrun", "repro", *targets], cwd=root, env=env,
                                      stdout=subprocess.PIPE,
@@ -310,7 +313,8 @@ def report(args, reference: Path, chaos: Path, seconds: float, targets: list[str
     results = [p for p in ref_outs if p.startswith(("models/", "reports/"))]
     same_as_committed = [p for p in results if committed_outs.get(p) == ref_outs[p]]
     subprocess.run([str(Path(sys.executable).parent / "clipflux"), "tracking", "upload"], cwd=chaos, check=False,
-                   capture_output=True)  # runs written while the database was down or killed
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(Path(chaos).resolve() / "src")})
+    # (runs written while the database was down or killed)
     problems = tracking_check(chaos) + database_check(chaos)
     print(f"\nchaos: {sum(kills.values())} kills, {reruns} runs of dvc repro, {chaos_seconds:.0f} s "
           f"(uninterrupted: {seconds:.0f} s), seed {args.seed}\n")
