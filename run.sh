@@ -31,8 +31,11 @@ fi
 case "$command" in
   repro) exec python -m clipflux.dvcrun repro "$@" ;;  # dvc, with dvc.lock written atomically
   dvc) exec python -m clipflux.dvcrun "$@" ;;
-  test) exec python -m pytest -m "not e2e and not slow" "$@" ;;
-  test-all) exec python -m pytest "$@" ;;
+  # Both tiers run their test files on two worker processes (pytest-xdist; a file's tests stay together, so its
+  # shared fixtures are built once). Much of a test's time is one core importing torch in a new process; OpenMP
+  # threads that wait yield their core (OMP_WAIT_POLICY) instead of spinning against the other worker's.
+  test) OMP_WAIT_POLICY=PASSIVE exec python -m pytest -n 2 --dist loadfile -m "not e2e and not slow" "$@" ;;
+  test-all) OMP_WAIT_POLICY=PASSIVE exec python -m pytest -n 2 --dist loadfile "$@" ;;
   setup) echo "environment ready: $PWD/.venv" ;;
   "") echo "usage: ./run.sh repro|test|test-all|setup|<command>" >&2; exit 2 ;;
   *) exec "$command" "$@" ;;

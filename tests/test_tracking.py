@@ -381,3 +381,73 @@ def test_a_server_started_by_a_killed_stage_stops_by_itself(project):
     while server.status(project).running and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not server.status(project).running and not server._alive(pid)
+
+
+def _evaluate_doc(run_id: int, experiment: str, seed: int, result: dict) -> dict:
+    return {"_id": run_id, "status": "COMPLETED", "meta": {"stage": "evaluate", "dvc_stage": f"evaluate@{experiment}"},
+            "config": {"experiment": experiment, "method": experiment.split("_")[0], "seed_index": seed},
+            "result": result}
+
+
+def test_compare_shows_tic_transfer_groups_seeds_sorts_and_writes_csv(live, project):
+    """`clipflux compare` on FiF and TiC evaluate runs in a real server: TiC rows carry in-domain / backward /
+    forward per dataset, --group gives each experiment's mean and sd over seeds, --sort orders, --format csv
+    parses back to the same values."""
+    import csv
+    import io
+
+    from clipflux.tracking import query
+
+    db = _db(live.port)
+    tic = {"tic_ret": {"in_domain": 7.5, "backward": 6.5, "forward": 2.5, "bwt": 0.1, "fwt": 0.2}}
+    db.runs.insert_many([_evaluate_doc(1, "finetune", 0, {"A_KA": 30.0}), _evaluate_doc(2, "finetune", 1, {}),
+                         dict(_evaluate_doc(4, "finetune", 0, {}), config={"experiment": "finetune", "lr": 1}),
+                         _evaluate_doc(3, "tic_lwf", 0, tic)])
+    db.metrics.insert_many([{"run_id": r, "name": f"eval/{k}", "steps": [0, 4], "values": [10.0, v]}
+                            for r, values in ((1, {"A_KA": 30.0, "GM": 40.0}), (2, {"A_KA": 34.0, "GM": 44.0}))
+                            for k, v in values.items()])
+    rows = query.compare(db, {})
+    assert [r["run"] for r in rows] == [1, 2, 3, 4] and list(rows[0]) == list(rows[2])  # one set of columns
+    assert rows[0]["config"] == rows[1]["config"] != rows[3]["config"]  # seeds share a setting; another lr does not
+    assert rows[2]["tic_ret.in_domain"] == 7.5 and rows[2]["tic_ret.forward"] == 2.5 and rows[2]["A_KA"] is None
+    assert rows[0]["tic_ret.backward"] is None and rows[1]["A_KA"] == 34.0 and rows[1]["seed"] == 1
+    grouped = {r["experiment"]: r for r in query.group_seeds(rows[:3])}
+    assert len(query.group_seeds(rows)) == 3  # run 4 (another lr) is a setting of its own
+    assert grouped["finetune"]["A_KA"] == 32.0 and grouped["finetune"]["n"] == 2
+    assert grouped["finetune"]["A_KA sd"] == pytest.approx(2 ** 0.5 * 2)
+    assert grouped["tic_lwf"]["tic_ret.backward"] == 6.5 and grouped["tic_lwf"]["runs"] == "3"
+    assert [r["run"] for r in query.sort_rows(rows, "-A_KA")] == [2, 1, 3, 4]  # missing values last
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        query.sort_rows(rows, "nope")
+    parsed = list(csv.DictReader(io.StringIO(query.csv_text(rows))))
+    assert float(parsed[1]["GM"]) == 44.0 and float(parsed[2]["tic_ret.in_domain"]) == 7.5 and parsed[2]["GM"] == ""
+
+
+def _run_node(run_id: int, stage: str, upstream: list, seed: int = 0) -> dict:
+    return {"run": run_id, "stage": stage, "status": "COMPLETED", "commit": "abc123", "dirty": False,
+            "config": {"seed": seed}, "inputs": [], "outputs": [{"path": f"out{run_id}", "md5": f"m{run_id}"}],
+            "data": {"digits": "f" * 64}, "environment": {"host": "h", "device": "cpu", "threads": 2},
+            "upstream": upstream}
+
+
+def test_lineage_prints_each_artifact_once_and_states_its_provenance():
+    """data/shards reached along two paths is expanded once; the repeat points back; the statement names the runs,
+    the commit, the seeds, the data manifest and the hardware."""
+    from clipflux.tracking.trace import render, statement
+
+    shards = {"path": "data/shards", "md5": "s1", "stage": {"stage": "preprocess", "params": {}, "deps": [
+        {"path": "data/raw", "md5": "r1", "stage": {"stage": "download", "params": {"world.seed": 0}, "deps": []}}]}}
+    pretrain = _run_node(1, "pretrain", [dict(shards)], seed=3)
+    train = _run_node(2, "train@finetune", [{"path": "models/base.pt", "md5": "b1", "run": pretrain}, dict(shards)])
+    evaluate = _run_node(3, "evaluate@finetune", [{"path": "models/finetune", "md5": "f1", "run": train},
+                                                  {"path": "models/base.pt", "md5": "b1", "run": pretrain}, dict(shards)])
+    tree = {"file": "reports/experiments/finetune/metrics.json", "md5": "x", "run": evaluate}
+    text = render(tree)
+    assert text.count("stage preprocess") == 1 and text.count("stage download") == 1
+    assert text.count("run 1  pretrain  COMPLETED") == 1
+    assert text.count("← data/shards  md5 s1  (shown above)") == 2
+    assert text.count("← models/base.pt  md5 b1  (shown above)") == 1
+    paragraph = statement(tree)
+    assert "3 tracked run(s)" in paragraph and "pretrain (run 1)" in paragraph and "commit abc123" in paragraph
+    assert "pretrain seed 3" in paragraph and "digits (manifest sha256 ffffffffffff)" in paragraph
+    assert "download, preprocess" in paragraph and "h (cpu, 2 threads)" in paragraph

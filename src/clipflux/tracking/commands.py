@@ -31,10 +31,14 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument("filters", nargs="*", metavar="KEY=VALUE", help="e.g. method=finetune train.optim.lr=3e-4")
     compare.add_argument("--stage", default="evaluate", help="pretrain, train, evaluate (default) or all")
     compare.add_argument("--show", nargs="*", default=[], metavar="KEY", help="config keys to add as columns")
-    compare.add_argument("--json", action="store_true")
+    compare.add_argument("--group", action="store_true", help="one row per experiment: mean and sd over its seeds")
+    compare.add_argument("--sort", metavar="COLUMN", help="sort by a column; descending with a minus: --sort=-GM")
+    compare.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    compare.add_argument("--json", action="store_true", help="the same as --format json")
     lineage = sub.add_parser("lineage", help="from a run or a reports/ file back to its commit, params and data")
     lineage.add_argument("target", help="a run id, or a file such as reports/experiments/finetune/metrics.json")
-    lineage.add_argument("--json", action="store_true")
+    lineage.add_argument("--json", action="store_true", help="the whole tree, machine-readable")
+    lineage.add_argument("--statement", action="store_true", help="one paragraph of provenance for a paper")
 
 
 @contextmanager
@@ -113,10 +117,19 @@ def _query(args: argparse.Namespace, root: Path) -> None:
         elif args.command == "compare":
             rows = query.compare(db, query.parse_filters(args.filters), None if args.stage == "all" else args.stage,
                                  args.show)
-            _print_json(rows) if args.json else print(query.table(rows))
+            rows = query.group_seeds(rows) if args.group else rows
+            rows = query.sort_rows(rows, args.sort) if args.sort else rows
+            form = "json" if args.json else args.format
+            if form == "json":
+                _print_json(rows)
+            else:
+                print(query.csv_text(rows) if form == "csv" else query.table(rows), end="" if form == "csv" else "\n")
         else:
             tree = trace.lineage_of(db, root, args.target)
-            _print_json(tree) if args.json else print(trace.render(tree))
+            if args.json:
+                _print_json(tree)
+            else:
+                print(trace.statement(tree) if args.statement else trace.render(tree))
 
 
 def run(args: argparse.Namespace) -> None:

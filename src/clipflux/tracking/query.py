@@ -91,12 +91,25 @@ def _at(metric: dict[str, list] | None, step: int) -> float | None:
     return values[-1] if values else None  # a resumed run may log a step twice: the later value stands
 
 
-def effective_config(db: Any, doc: dict[str, Any], depth: int = 0) -> dict[str, Any]:
+def output_index(docs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """{(path, md5): the newest completed run that wrote it} over the given run documents: `producers` for many
+    runs at once, with one read of the runs instead of a query per input."""
+    index: dict[tuple[str, str], dict[str, Any]] = {}
+    for doc in sorted(docs, key=lambda d: d["_id"]):
+        if doc.get("status") == "COMPLETED":
+            index.update({(out["path"], out["md5"]): doc for out in _entries(doc, "outputs")})
+    return index
+
+
+def effective_config(db: Any, doc: dict[str, Any], depth: int = 0,
+                     index: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The run's config on top of the configs of the runs upstream of it (pretrain < train < evaluate)."""
     merged: dict[str, Any] = {}
     if depth < 5:
-        for _, upstream in producers(db, doc):
-            merged.update(effective_config(db, upstream, depth + 1))
+        upstream_runs = [index[(d["path"], d["md5"])] for d in _entries(doc, "deps") if (d["path"], d["md5"]) in index] \
+            if index is not None else [run for _, run in producers(db, doc)]
+        for upstream in upstream_runs:
+            merged.update(effective_config(db, upstream, depth + 1, index))
     merged.update(doc.get("config", {}))
     return merged
 
@@ -122,24 +135,108 @@ def parse_filters(filters: Iterable[str]) -> dict[str, Any]:
     return parsed
 
 
+TIC_KEYS = ("in_domain", "backward", "forward")  # TiC's evaluation matrix, per dataset (clipflux.metrics)
+
+
+def tic_transfer(doc: dict[str, Any]) -> dict[str, float]:
+    """An evaluate run's TiC results as flat columns, {"tic_ret.in_domain": ..., ...} (empty for FiF runs): the
+    run's result is {dataset: {"in_domain", "backward", "forward", ...}} for a stream over the TiC world."""
+    result = doc.get("result")
+    if not isinstance(result, dict):
+        return {}
+    return {f"{dataset}.{key}": values[key] for dataset, values in sorted(result.items())
+            if isinstance(values, dict) for key in TIC_KEYS if key in values}
+
+
 def compare(db: Any, filters: dict[str, Any], stage: str | None = "evaluate",
             show: Iterable[str] = ()) -> list[dict[str, Any]]:
     """One row per run of `stage` whose (effective) config matches every filter, oldest first.
 
-    Each row: run, stage, status, experiment, method, the final A_KA / A_ZS / GM, and the `show` keys.
+    Each row: run, stage, status, experiment, method, seed (the seed's index in the study), config (`config_id`:
+    the same for the runs of one setting over seeds), the final A_KA /
+    A_ZS / GM (FiF) or each TiC dataset's in-domain, backward and forward transfer, and the `show` keys.
     """
     rows = []
-    for doc in db.runs.find({"meta.stage": stage} if stage else {}).sort("_id", 1):
-        config = effective_config(db, doc)
+    everything = list(db.runs.find())
+    index = output_index(everything)
+    for doc in sorted((d for d in everything if not stage or d.get("meta", {}).get("stage") == stage),
+                      key=lambda d: d["_id"]):
+        config = effective_config(db, doc, index=index)
         if any(lookup(config, k) != v and str(lookup(config, k)) != str(v) for k, v in filters.items()):
             continue
         series = headline(db, doc["_id"])
         row = {"run": doc["_id"], "stage": stage_of(doc), "status": doc.get("status"),
-               "experiment": config.get("experiment"), "method": config.get("method")}
+               "experiment": config.get("experiment"), "method": config.get("method"),
+               "seed": config.get("seed_index"), "config": config_id(config)}
         row.update({k: series[k]["values"][-1] if series.get(k) else None for k in HEADLINE})
+        row.update(tic_transfer(doc))
         row.update({k: lookup(config, k) for k in show})
         rows.append(row)
-    return rows
+    columns = list(dict.fromkeys(k for row in rows for k in row))  # FiF and TiC rows share one set of columns
+    return [{k: row.get(k) for k in columns} for row in rows]
+
+
+def config_id(config: dict[str, Any]) -> str:
+    """A short hash of a run's effective config without its seeds: the runs of one setting over several seeds
+    share it, a run with any other parameter changed (a `dvc exp run -S ...`) does not."""
+    import hashlib
+    import json
+
+    def unseeded(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: unseeded(v) for k, v in node.items() if k not in ("seed", "seed_index")}
+        return node
+
+    return hashlib.sha256(json.dumps(unseeded(config), sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def group_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per setting (stage, experiment and config but the seeds): every numeric column's mean over its
+    runs, with the sample standard deviation as `<column> sd` and the runs as `runs`; text columns are kept
+    when all runs agree."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault((row.get("stage"), row.get("experiment"), row.get("config")), []).append(row)
+    out = []
+    for members in groups.values():
+        merged: dict[str, Any] = {"runs": ",".join(str(m["run"]) for m in members), "n": len(members)}
+        for key in members[0]:
+            if key in ("run", "seed"):
+                continue
+            values = [m.get(key) for m in members]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if numbers and len(numbers) == len(values):
+                merged[key] = sum(numbers) / len(numbers)
+                mean = merged[key]
+                merged[f"{key} sd"] = (sum((v - mean) ** 2 for v in numbers) / (len(numbers) - 1)) ** 0.5 \
+                    if len(numbers) > 1 else 0.0
+            else:
+                merged[key] = values[0] if len(set(map(str, values))) == 1 else "(differs)"
+        out.append(merged)
+    return out
+
+
+def sort_rows(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
+    """Rows sorted by a column (`-column`: descending); rows without a value go last."""
+    column, descending = key.lstrip("-"), key.startswith("-")
+    if rows and column not in rows[0]:
+        raise ValueError(f"--sort {key}: no column {column!r}; the columns are {list(rows[0])}")
+    present = [r for r in rows if r.get(column) is not None]
+    missing = [r for r in rows if r.get(column) is None]
+    return sorted(present, key=lambda r: (isinstance(r[column], str), r[column]), reverse=descending) + missing
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV (exact values, empty cells for missing ones)."""
+    import csv
+    import io
+
+    buffer = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
+    return buffer.getvalue()
 
 
 def table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:

@@ -125,20 +125,24 @@ def lineage_of(db: Any, root: Path, target: str) -> dict[str, Any]:
     return tree
 
 
-def render(tree: dict[str, Any], indent: int = 0) -> str:
-    """The lineage tree as indented text."""
+def render(tree: dict[str, Any], indent: int = 0, seen: set | None = None) -> str:
+    """The lineage tree as indented text, each artifact, run and stage once: a repeat says where it was shown."""
+    seen = set() if seen is None else seen
     pad = "  " * indent
     lines = []
     if "file" in tree:
         lines.append(f"{pad}{tree['file']}" + (f"  md5 {tree['md5']}" if tree.get("md5") else ""))
         if "run" in tree:
-            lines.append(render(tree["run"], indent + 1))
+            lines.append(render(tree["run"], indent + 1, seen))
         if "stage" in tree:
-            lines.append(_render_stage(tree["stage"], indent + 1))
+            lines.append(_render_stage(tree["stage"], indent + 1, seen))
         for item in tree.get("inputs", []):
             lines.append(f"{pad}  ← {item['path']}")
-            lines.append(render(item["run"], indent + 2))
+            lines.append(render(item["run"], indent + 2, seen))
         return "\n".join(lines)
+    if ("run", tree["run"]) in seen:
+        return f"{pad}run {tree['run']}  {tree['stage']}  (shown above)"
+    seen.add(("run", tree["run"]))
     clean = {True: "dirty work tree", False: "clean", None: "unknown"}[tree["dirty"]]
     lines.append(f"{pad}run {tree['run']}  {tree['stage']}  {tree['status']}")
     lines.append(f"{pad}  code    commit {tree['commit']} ({clean})")
@@ -151,22 +155,81 @@ def render(tree: dict[str, Any], indent: int = 0) -> str:
         short = ", ".join(f"{name} {sha[:12]}" for name, sha in tree["data"].items())
         lines.append(f"{pad}  data    manifests (sha256, full in --json): {short}")
     for item in tree["upstream"]:
-        lines.append(f"{pad}  ← {item['path']}  md5 {item['md5']}")
-        if "run" in item:
-            lines.append(render(item["run"], indent + 2))
-        elif "stage" in item:
-            lines.append(_render_stage(item["stage"], indent + 2))
+        lines.extend(_render_input(item, indent + 1, seen))
     return "\n".join(lines)
 
 
-def _render_stage(stage: dict[str, Any], indent: int) -> str:
+def _render_input(item: dict[str, Any], indent: int, seen: set) -> list[str]:
+    """`← path md5` and, the first time that artifact appears, what made it."""
+    pad = "  " * indent
+    key = ("artifact", item["path"], item["md5"])
+    if key in seen and ("run" in item or "stage" in item):
+        return [f"{pad}← {item['path']}  md5 {item['md5']}  (shown above)"]
+    seen.add(key)
+    lines = [f"{pad}← {item['path']}  md5 {item['md5']}"]
+    if "run" in item:
+        lines.append(render(item["run"], indent + 1, seen))
+    elif "stage" in item:
+        lines.append(_render_stage(item["stage"], indent + 1, seen))
+    return lines
+
+
+def _render_stage(stage: dict[str, Any], indent: int, seen: set) -> str:
     pad = "  " * indent
     lines = [f"{pad}stage {stage['stage']} (dvc.lock)  params {_flat(stage['params']) or '-'}"]
     for dep in stage["deps"]:
-        lines.append(f"{pad}  ← {dep['path']}  md5 {dep['md5']}")
-        if "stage" in dep:
-            lines.append(_render_stage(dep["stage"], indent + 2))
+        lines.extend(_render_input(dep, indent + 1, seen))
     return "\n".join(lines)
+
+
+def statement(tree: dict[str, Any]) -> str:
+    """One paragraph of provenance for a paper's appendix: the file, the runs and stages behind it, their code
+    commits, seeds, data manifests and hardware, from the lineage tree."""
+    runs, stages, data, hosts = {}, set(), {}, set()
+
+    def walk(node: dict[str, Any]) -> None:
+        if "file" in node:
+            for child in [node.get("run"), node.get("stage")] + [i.get("run") for i in node.get("inputs", [])]:
+                if child:
+                    walk(child)
+        elif "run" in node and "upstream" in node:
+            runs[node["run"]] = node
+            data.update(node["data"])
+            env = node["environment"]
+            hosts.add(f"{env.get('host')} ({env.get('device')}, {env.get('threads')} threads)")
+            for item in node["upstream"]:
+                walk(item.get("run") or item.get("stage") or {})
+        elif "stage" in node and "deps" in node:
+            stages.add(node["stage"])
+            for dep in node["deps"]:
+                if "stage" in dep:
+                    walk(dep["stage"])
+
+    walk(tree)
+    commits = sorted({f"{r['commit']}{' (dirty)' if r['dirty'] else ''}" for r in runs.values() if r["commit"]})
+    seeds = sorted({f"{r['stage']} seed {_seed(r['config'])}" for r in runs.values() if _seed(r["config"]) is not None})
+    what = tree.get("file") or f"run {tree.get('run')}"
+    ordered = [f"{r['stage']} (run {i})" for i, r in sorted(runs.items())]
+    text = (f"{what} was produced by {len(runs)} tracked run(s) of clipflux: {', '.join(ordered) or 'none'}"
+            f"{'; upstream DVC stages ' + ', '.join(sorted(stages)) if stages else ''}. "
+            f"Code: commit {', '.join(commits) or 'unknown'}. ")
+    if seeds:
+        text += f"Seeds: {', '.join(seeds)}. "
+    if data:
+        text += "Data: " + ", ".join(f"{n} (manifest sha256 {sha[:12]})" for n, sha in sorted(data.items())) + ". "
+    text += f"Hardware: {', '.join(sorted(hosts)) or 'unknown'}."
+    return text
+
+
+def _seed(config: dict[str, Any]) -> Any:
+    for key in ("seed", "seed_index"):
+        if key in config and not isinstance(config[key], dict):
+            return config[key]
+    for section in ("run", "train", "pretrain"):
+        value = config.get(section)
+        if isinstance(value, dict) and "seed" in value:
+            return value["seed"]
+    return None
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> str:
