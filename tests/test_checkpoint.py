@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 
 from clipflux import checkpoint
@@ -81,3 +83,41 @@ def test_weights_retired_by_a_finish_killed_before_deleting_them_are_removed_by_
     folder.weights.rename(folder.directory / ".eval.retired")  # the finish's last rename, then SIGKILL
     folder.begin(2, start_over=False)  # the run was over: it trains again
     assert not folder.directory.exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 5), st.integers(1, 3))
+def test_a_prune_killed_after_any_deletion_leaves_nothing_behind_after_the_next_save(deletions, keep):
+    """A kill inside a prune (after `deletions` files went) leaves at worst a checkpoint without its checksum, never
+    trusted, and the next save's prune leaves exactly the newest `keep` checkpoints with their checksums: what an
+    uninterrupted run's folder holds (the chaos command found an orphan checksum before this order)."""
+    import tempfile
+    from pathlib import Path
+    from unittest import mock
+
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        for step in range(4):
+            checkpoint.save(folder, 0, step, {"step": step}, keep=99)
+        (folder / "ckpt-0000-00000099.pt.sha256").write_text("orphan left by a prune killed in the old order")
+        real_unlink, done = Path.unlink, []
+
+        def unlink_then_die(self, missing_ok=False):
+            if len(done) == deletions:
+                raise _Killed
+            done.append(self)
+            real_unlink(self, missing_ok=missing_ok)
+
+        with mock.patch.object(Path, "unlink", unlink_then_die):
+            try:
+                checkpoint.prune(folder, keep)
+            except _Killed:
+                pass
+        assert checkpoint.load_latest(folder)["step"] == 3
+        checkpoint.save(folder, 0, 4, {"step": 4}, keep=keep)
+        expected = {f"ckpt-0000-{s:08d}.pt{suffix}" for s in range(5 - keep, 5) for suffix in ("", ".sha256")}
+        assert {p.name for p in folder.iterdir()} == expected

@@ -87,10 +87,19 @@ def save(directory: str | Path, task: int, step: int, state: dict[str, Any], kee
 
 
 def prune(directory: str | Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints (a finished run keeps one: DVC caches the folder)."""
-    for old in sorted(Path(directory).glob("ckpt-*.pt"))[:-keep]:
-        old.unlink()
+    """Delete all but the newest `keep` checkpoints (a finished run keeps one: DVC caches the folder).
+
+    A checksum goes before its checkpoint, so a prune killed between the two leaves a checkpoint without a
+    checksum, which loading skips and the next prune deletes; checksums whose checkpoint is gone (left by a prune
+    killed before this order) are deleted too. So a folder ends the same however often its prunes were killed.
+    """
+    directory = Path(directory)
+    for old in sorted(directory.glob("ckpt-*.pt"))[:-keep]:
         old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+        old.unlink()
+    for digest in directory.glob("ckpt-*.pt.sha256"):
+        if not digest.with_suffix("").exists():
+            digest.unlink()
 
 
 def newest_task(directory: str | Path) -> int | None:
