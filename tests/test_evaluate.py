@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
 
 from clipflux.config import EvaluateConfig, ModelConfig
 from clipflux.data.pipeline import load_datasets
 from clipflux.data.shards import ShardReader, write_shards
-from clipflux.evaluate import (Evaluator, class_embeddings, classification_metrics, evaluate_state, evaluation_sets,
-                               partner_ranks, preload, retrieval_metrics, text_embeddings)
+from clipflux.evaluate import (Evaluator, caption_ids, class_embeddings, classification_metrics, evaluate_state,
+                               evaluation_sets, partner_ranks, preload, retrieval_metrics, text_embeddings)
 from clipflux.models import create_model, save_weights
 from clipflux.streams import keys_by_class
 from clipflux.subsets import validation_keys
@@ -77,8 +79,19 @@ def test_metrics_on_hand_made_embeddings():
 def test_duplicate_captions_do_not_count_against_a_pair():
     images = F.normalize(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]]), dim=-1)
     texts = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]]), dim=-1)  # captions 0 and 1 are the same
-    assert partner_ranks(images, texts).tolist() == [0, 0, 0]
-    assert partner_ranks(images, texts, chunk=2).tolist() == partner_ranks(images, texts).tolist()
+    same = caption_ids(torch.tensor([[7, 3, 0], [7, 3, 0], [7, 5, 0]]))  # token ids: captions 0 and 1 read alike
+    assert partner_ranks(images, texts, same).tolist() == [0, 0, 0]
+    assert partner_ranks(images, texts, same, chunk=2).tolist() == partner_ranks(images, texts, same).tolist()
+    assert partner_ranks(images, texts).tolist() == [1, 1, 0]  # told nothing, the tie counts against both
+
+
+@given(st.integers(2, 40), st.integers(1, 8))
+def test_a_collapsed_model_retrieves_nothing_beyond_chance(n, dim):
+    """Every image and caption embedded alike (every score tied): each pair ranks behind all n - 1 other pairs,
+    so Recall@k is 0 for k < n; strict ranking alone would have given it 100 %."""
+    same = torch.nn.functional.normalize(torch.ones(n, dim), dim=-1)
+    out = retrieval_metrics(same, same, ks=(1, 5), captions=caption_ids(torch.arange(n).unsqueeze(1)))
+    assert out["R@1"] == 0.0 and out["R@5"] == (100.0 if n <= 5 else 0.0)
 
 
 def test_class_embeddings_are_the_template_ensemble(model_and_tokenizer):

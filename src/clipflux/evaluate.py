@@ -7,7 +7,8 @@ reuses them for every dataset with the same classes and templates (TiC's per-ste
 
 Retrieval (`task: retrieval`): sample i's image and its caption (`txt`) are a pair. Recall@k image->text is
 the share of images whose caption ranks in the top k of all captions; text->image the reverse. A pair ranks
-behind only the candidates that score strictly higher, so duplicate captions do not count against it.
+behind the candidates that score higher, and those that score the same unless they carry the same caption text
+(`partner_ranks`): duplicate captions do not count against it, a collapsed model's ties do.
 `R@k` is the mean of both directions, as FiF's `RecallAtK` reports it.
 """
 
@@ -68,29 +69,49 @@ def classification_metrics(images: torch.Tensor, classes: torch.Tensor, labels: 
     return {"acc": float(100.0 * np.mean(predictions == np.asarray(labels)))}
 
 
-def partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, chunk: int = 1024) -> np.ndarray:
-    """For each query i, how many candidates score strictly higher than its partner, candidate i."""
+def partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, captions: np.ndarray | None = None,
+                  chunk: int = 1024) -> np.ndarray:
+    """For each query i, how many candidates rank before its partner, candidate i: those scoring strictly higher,
+    and those scoring the same unless they carry the partner's caption (`captions`: one id per pair, equal for
+    captions of the same token ids, `caption_ids`; by default every pair its own).
+
+    A duplicate caption is as right an answer as the partner's own, so a tie with it does not count against the
+    pair; a tie with any other candidate does. So a model whose embeddings have collapsed (every score equal) finds
+    nothing, where counting only strictly higher scores would give it every pair at rank 0 (FiF's argsort breaks
+    such ties by position, which is as bad on average).
+    """
+    groups = torch.as_tensor(np.arange(len(queries)) if captions is None else np.asarray(captions))
     ranks = []
     for s in range(0, len(queries), chunk):
         sims = queries[s : s + chunk] @ candidates.T
         own = sims.diagonal(offset=s).unsqueeze(1)  # row r's partner is column s + r
-        ranks.append((sims > own).sum(dim=1))
+        other = groups.unsqueeze(0) != groups[s : s + chunk].unsqueeze(1)  # candidates not carrying the caption
+        ranks.append((sims > own).sum(dim=1) + ((sims == own) & other).sum(dim=1))
     return torch.cat(ranks).numpy()
 
 
-def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, ks: Sequence[int] = RECALL_KS) -> dict[str, float]:
+def retrieval_metrics(images: torch.Tensor, texts: torch.Tensor, ks: Sequence[int] = RECALL_KS,
+                      captions: np.ndarray | None = None) -> dict[str, float]:
     """Recall@k in percent, image->text (`i2t_R@k`), text->image (`t2i_R@k`) and their mean (`R@k`).
 
     Args:
         images, texts: (N, dim) normalised embeddings; row i of each is a pair.
+        captions: a caption id per pair (equal ids for captions the model reads alike: `caption_ids`), see
+            `partner_ranks`.
     """
-    i2t, t2i = partner_ranks(images, texts), partner_ranks(texts, images)
+    i2t, t2i = partner_ranks(images, texts, captions), partner_ranks(texts, images, captions)
     out = {}
     for k in ks:
         out[f"i2t_R@{k}"] = float(100.0 * np.mean(i2t < k))
         out[f"t2i_R@{k}"] = float(100.0 * np.mean(t2i < k))
         out[f"R@{k}"] = (out[f"i2t_R@{k}"] + out[f"t2i_R@{k}"]) / 2
     return out
+
+
+def caption_ids(tokens: torch.Tensor) -> np.ndarray:
+    """One id per caption, equal for captions the model reads alike: the same token ids (the tokenizer lowercases,
+    drops punctuation spacing and truncates to the context, so "A red circle." and "a red circle ." are one)."""
+    return np.unique(np.asarray(tokens), axis=0, return_inverse=True)[1].reshape(-1)
 
 
 class Evaluator:
@@ -147,11 +168,12 @@ class Evaluator:
         else:
             texts = [reader.read(int(i), ("txt",))["txt"] for i in indices]
             captions = text_embeddings(self.model, self.tokenizer, texts, self.batch_size)
+            same = caption_ids(self.tokenizer(texts))
 
         def score(rows: np.ndarray) -> dict[str, float]:
             if task == "classification":
                 return classification_metrics(images[rows], classes, labels[rows])
-            return retrieval_metrics(images[rows], captions[rows])
+            return retrieval_metrics(images[rows], captions[rows], captions=same[rows])
 
         out = {"metrics": score(np.arange(len(indices))), "n": int(len(indices))}
         if groups is not None:
