@@ -92,6 +92,9 @@ def test_a_collapsed_model_retrieves_nothing_beyond_chance(n, dim):
     same = torch.nn.functional.normalize(torch.ones(n, dim), dim=-1)
     out = retrieval_metrics(same, same, ks=(1, 5), captions=caption_ids(torch.arange(n).unsqueeze(1)))
     assert out["R@1"] == 0.0 and out["R@5"] == (100.0 if n <= 5 else 0.0)
+    overflowed = torch.full((n, dim), float("nan"))  # an image tower that overflowed: NaN embeddings
+    out = retrieval_metrics(overflowed, same, ks=(1, 5), captions=caption_ids(torch.arange(n).unsqueeze(1)))
+    assert out["R@1"] == 0.0 and out["R@5"] == (100.0 if n <= 5 else 0.0)
 
 
 def test_class_embeddings_are_the_template_ensemble(model_and_tokenizer):

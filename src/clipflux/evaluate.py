@@ -15,6 +15,7 @@ behind the candidates that score higher, and those that score the same unless th
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Sequence
@@ -76,14 +77,15 @@ def partner_ranks(queries: torch.Tensor, candidates: torch.Tensor, captions: np.
     captions of the same token ids, `caption_ids`; by default every pair its own).
 
     A duplicate caption is as right an answer as the partner's own, so a tie with it does not count against the
-    pair; a tie with any other candidate does. So a model whose embeddings have collapsed (every score equal) finds
-    nothing, where counting only strictly higher scores would give it every pair at rank 0 (FiF's argsort breaks
-    such ties by position, which is as bad on average).
+    pair; a tie with any other candidate does. So a model whose embeddings have collapsed (every score equal, or
+    NaN) finds nothing, where counting only strictly higher scores gave it every pair at rank 0 (FiF's argsort
+    breaks such ties by position, about as bad on average).
     """
     groups = torch.as_tensor(np.arange(len(queries)) if captions is None else np.asarray(captions))
     ranks = []
     for s in range(0, len(queries), chunk):
-        sims = queries[s : s + chunk] @ candidates.T
+        # A NaN score (an overflowed tower) is the worst: it ranks behind everything and ties with other NaNs.
+        sims = torch.nan_to_num(queries[s : s + chunk] @ candidates.T, nan=-math.inf)
         own = sims.diagonal(offset=s).unsqueeze(1)  # row r's partner is column s + r
         other = groups.unsqueeze(0) != groups[s : s + chunk].unsqueeze(1)  # candidates not carrying the caption
         ranks.append((sims > own).sum(dim=1) + ((sims == own) & other).sum(dim=1))
