@@ -52,8 +52,10 @@ class Progress:
         self.postfix: dict[str, Any] = {}
         self._bar = None
         if mode == "bar":
+            # disable=False: the mode is decided (`progress_mode` reads TQDM_DISABLE when called); tqdm would
+            # otherwise apply the TQDM_DISABLE its process had when it imported tqdm (its `envwrap` defaults).
             self._bar = tqdm(iterable, desc=desc, total=self.total, initial=initial, unit=unit, file=stream,
-                             mininterval=mininterval, dynamic_ncols=True)
+                             mininterval=mininterval, dynamic_ncols=True, disable=False)
 
     def __iter__(self) -> Iterator[T]:
         if self._bar is not None:
