@@ -70,33 +70,33 @@ class DERpp(Method):
         if "sources" not in batch:  # a batch without its rows' origin (the compute budget's probe)
             return loss
         image, text = out[0], out[1]
-        self._record(batch, image, text)
-        return loss + self.params.alpha * self._distillation(batch, image, text)
+        # The whole batch's rows on every rank, in batch order (one gather each), so every rank records the same
+        # responses and normalises by the same count.
+        sources, items = distributed.batch_rows(batch["sources"]).cpu(), distributed.batch_rows(batch["items"]).cpu()
+        self._record(sources, items, image, text)
+        ranks = len(sources) // len(batch["sources"])
+        return loss + self.params.alpha * self._distillation(batch, sources, items, ranks, image, text)
 
-    def _record(self, batch: dict[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor) -> None:
-        # The whole batch's rows on every rank, in batch order, so every rank records the same responses.
-        sources = distributed.batch_rows(batch["sources"]).cpu()
-        codes = item_codes(distributed.batch_rows(batch["items"]).cpu())
+    def _record(self, sources: torch.Tensor, items: torch.Tensor, image: torch.Tensor, text: torch.Tensor) -> None:
+        codes = item_codes(items)
         pairs = torch.stack([distributed.batch_rows(image), distributed.batch_rows(text)], dim=1).float().cpu()
         for row in torch.nonzero(sources == UPDATE).flatten().tolist():
             self.recording[int(codes[row])] = pairs[row].clone()
 
-    def _distillation(self, batch: dict[str, torch.Tensor], image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    def _distillation(self, batch: dict[str, torch.Tensor], sources: torch.Tensor, items: torch.Tensor, ranks: int,
+                      image: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         zero = image.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) whole when nothing is distilled
         if len(self.codes) == 0:
             return zero
-        local = self._matches(batch["sources"], batch["items"])
         # Normalised by the whole batch's count, times the ranks, so DDP's mean of gradients is the global mean.
-        everywhere = self._matches(distributed.batch_rows(batch["sources"]), distributed.batch_rows(batch["items"]))
-        count = int((everywhere >= 0).sum())
-        if count == 0:
-            return zero
-        ranks = len(distributed.batch_rows(batch["sources"])) // len(batch["sources"])
+        count = int((self._matches(sources, items) >= 0).sum())
+        local = self._matches(batch["sources"], batch["items"])
         rows = torch.nonzero(local >= 0).flatten()
-        if len(rows) == 0:
+        if count == 0 or len(rows) == 0:
             return zero
         recorded = self.responses[local[rows].cpu()].to(image.device)
-        squared = (image[rows].float() - recorded[:, 0]).square().sum() + (text[rows].float() - recorded[:, 1]).square().sum()
+        squared = ((image[rows].float() - recorded[:, 0]).square().sum()
+                   + (text[rows].float() - recorded[:, 1]).square().sum())
         return squared / 2 / count * ranks
 
     def _matches(self, sources: torch.Tensor, items: torch.Tensor) -> torch.Tensor:

@@ -101,15 +101,15 @@ def output_index(docs: Iterable[dict[str, Any]]) -> dict[tuple[str, str], dict[s
     return index
 
 
-def effective_config(db: Any, doc: dict[str, Any], depth: int = 0,
-                     index: dict[tuple[str, str], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The run's config on top of the configs of the runs upstream of it (pretrain < train < evaluate)."""
+def effective_config(doc: dict[str, Any], index: dict[tuple[str, str], dict[str, Any]],
+                     depth: int = 0) -> dict[str, Any]:
+    """The run's config on top of the configs of the runs upstream of it (pretrain < train < evaluate), found in
+    `index` (`output_index` of the runs)."""
     merged: dict[str, Any] = {}
     if depth < 5:
-        upstream_runs = [index[(d["path"], d["md5"])] for d in _entries(doc, "deps") if (d["path"], d["md5"]) in index] \
-            if index is not None else [run for _, run in producers(db, doc)]
-        for upstream in upstream_runs:
-            merged.update(effective_config(db, upstream, depth + 1, index))
+        for dep in _entries(doc, "deps"):
+            if (dep["path"], dep["md5"]) in index:
+                merged.update(effective_config(index[(dep["path"], dep["md5"])], index, depth + 1))
     merged.update(doc.get("config", {}))
     return merged
 
@@ -161,7 +161,7 @@ def compare(db: Any, filters: dict[str, Any], stage: str | None = "evaluate",
     index = output_index(everything)
     for doc in sorted((d for d in everything if not stage or d.get("meta", {}).get("stage") == stage),
                       key=lambda d: d["_id"]):
-        config = effective_config(db, doc, index=index)
+        config = effective_config(doc, index)
         if any(lookup(config, k) != v and str(lookup(config, k)) != str(v) for k, v in filters.items()):
             continue
         series = headline(db, doc["_id"])
