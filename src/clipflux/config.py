@@ -333,6 +333,66 @@ class StudyConfig:
 
 
 @dataclass(frozen=True)
+class SlurmConfig:
+    """A stage's Slurm job (`clipflux.slurm`): one srun task per node, each starting the stage's `nproc` ranks.
+
+    Attributes:
+        nodes: nodes of the job; the world is nodes x the stage's nproc ranks (torchrun's rendezvous).
+        cpus_per_task: CPUs per node for the node's ranks (sbatch --cpus-per-task).
+        gpus_per_node: GPUs per node (sbatch --gpus-per-node; 0: none asked for).
+        time: the job's time limit (sbatch --time), e.g. "4:00:00".
+        partition, account: sbatch --partition / --account (null: the cluster's default).
+        signal_seconds: Slurm warns the job this long before its time limit; the stage then checkpoints at the
+            end of its step, and the job requeues itself and resumes there (0: no warning, no requeue).
+        options: more sbatch options, verbatim (e.g. ["--qos=high", "--mem=64G"]).
+    """
+
+    nodes: int = 1
+    cpus_per_task: int = 2
+    gpus_per_node: int = 0
+    time: str = "1:00:00"
+    partition: str | None = None
+    account: str | None = None
+    signal_seconds: int = 120
+    options: list[str] = field(default_factory=list)
+
+    def validate(self, path: str) -> None:
+        _positive(self, path, "nodes", "cpus_per_task")
+        _non_negative(self, path, "gpus_per_node", "signal_seconds")
+
+
+@dataclass(frozen=True)
+class LauncherConfig:
+    """How the heavy stages (pretrain, train, evaluate) run: here (`local`) or as Slurm jobs (`slurm`).
+
+    Not a dependency of any stage: where a stage runs never changes what it writes (tests/test_slurm.py).
+
+    Attributes:
+        kind: local | slurm.
+        slurm: the jobs' resources, for every heavy stage.
+        stages: per-stage overrides of `slurm`, by stage name (pretrain, train, evaluate).
+    """
+
+    kind: Literal["local", "slurm"] = "local"
+    slurm: SlurmConfig = SlurmConfig()
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def validate(self, path: str) -> None:
+        for stage in self.stages:
+            _choice(f"{path}.stages", stage, ["evaluate", "pretrain", "train"])
+            self.slurm_for(stage)
+
+    def slurm_for(self, stage: str) -> SlurmConfig:
+        """`slurm` with the stage's overrides applied, validated.
+
+        Raises:
+            ConfigError: an override names an unknown key or has an invalid value.
+        """
+        merged = dataclasses.asdict(self.slurm) | self.stages.get(stage, {})
+        return from_dict(SlurmConfig, merged, f"launcher.stages.{stage}")
+
+
+@dataclass(frozen=True)
 class Params:
     """The whole of `params.yaml`."""
 
@@ -347,6 +407,7 @@ class Params:
     evaluate: EvaluateConfig
     data: DataConfig = DataConfig()
     study: StudyConfig = StudyConfig()
+    launcher: LauncherConfig = LauncherConfig()
 
     def validate(self, path: str) -> None:
         # The method names and `methods.<name>` sections are checked by `clipflux.methods.check_params`, where

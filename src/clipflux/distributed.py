@@ -115,6 +115,15 @@ def mean(values: torch.Tensor, placement: Placement) -> list[float]:
     return [v / placement.world_size for v in total.tolist()]
 
 
+def any_rank(flag: bool, placement: Placement) -> bool:
+    """Whether `flag` is true on any rank, on every rank (so that all ranks take the same branch)."""
+    if not placement.distributed:
+        return flag
+    box = torch.tensor([int(flag)], device=_collective_device(placement))
+    dist.all_reduce(box, op=dist.ReduceOp.MAX)
+    return bool(box.item())
+
+
 def _collective_device(placement: Placement) -> torch.device:
     # NCCL moves objects through GPU memory, gloo through host memory.
     return placement.device if placement.device.type == "cuda" else torch.device("cpu")
@@ -180,4 +189,4 @@ def clip_loss(image_features: torch.Tensor, text_features: torch.Tensor, logit_s
             + F.cross_entropy(logit_scale * text_features @ all_images.T, labels)) / 2
 
 
-__all__ = ["Placement", "batch_rows", "broadcast", "clip_loss", "gather", "global_batch", "mean", "start", "stop"]
+__all__ = ["Placement", "any_rank", "batch_rows", "broadcast", "clip_loss", "gather", "global_batch", "mean", "start", "stop"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from clipflux import checkpoint, distributed, faults
+from clipflux import checkpoint, distributed, faults, stopping
 from clipflux.config import BufferConfig, MixtureConfig, OptimConfig, RunConfig
 from clipflux.data.loader import StepBatches
 from clipflux.data.shards import ShardReader
@@ -28,6 +28,7 @@ from clipflux.models import image_size, is_batchnorm
 from clipflux.progress import Progress, progress
 from clipflux.replay import Buffer, split_batch
 from clipflux.schedules import lr_at
+from clipflux.stopping import Stopped
 
 LogScalar = Callable[[str, float, int], None]
 
@@ -189,6 +190,7 @@ class Trainer:
         """
         if not hasattr(self, "_position"):
             self.resume()
+        stopping.listen()
         start_task, start_step = self._position
         for task in range(start_task, len(self.tasks)):
             context = self._context(task)
@@ -203,6 +205,8 @@ class Trainer:
             faults.reached("task-end")
             self._save(task + 1, 0)
             start_step = 0
+            if task + 1 < len(self.tasks) and self._stop_requested():
+                raise Stopped(task + 1, 0)
 
     def steps(self, task: int) -> int:
         """Optimizer steps of `task` (the method may scale the per-task budget, as TiC's Oracle does)."""
@@ -302,8 +306,20 @@ class Trainer:
             if (step + 1) % self.run.checkpoint_every == 0 or step + 1 == steps:
                 self._log(unlogged, bar)
                 unlogged = []
-            if (step + 1) % self.run.checkpoint_every == 0 and step + 1 < steps:
+            if step + 1 == steps:
+                continue
+            on_grid = (step + 1) % self.run.checkpoint_every == 0
+            if on_grid:
                 self._save(task, step + 1)
+            if self._stop_requested():  # a scheduler wants the machine back: checkpoint here and stop
+                if not on_grid:
+                    self._log(unlogged, bar)
+                    self._save(task, step + 1)
+                raise Stopped(task, step + 1)
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop was asked for (`clipflux.stopping`), agreed by every rank."""
+        return distributed.any_rank(stopping.requested(), self.placement)
 
     def _log(self, unlogged: list[tuple[int, torch.Tensor, float]], bar: Progress) -> None:
         """Log the loss (rank 0: the mean over ranks) and learning rate of each (global step, loss, lr)."""

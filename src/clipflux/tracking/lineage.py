@@ -23,6 +23,8 @@ from typing import Any
 
 import yaml
 
+from clipflux import slurm
+
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "webdataset", "sacred", "dvc", "pymongo", "clipflux")
 
 
@@ -204,4 +206,7 @@ def collect(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         print(f"clipflux: could not record the DVC inputs of {address}: {err}", file=sys.stderr)
     products = {out["path"] for entry in read_lock(root).values() for out in entry.get("outs", [])}
     lineage["git"] = git_info(root, products | set(lineage["dvc"].get("outs", [])))
+    job = slurm.job_info()
+    if job:  # run as a Slurm job (`launcher.kind: slurm`): which job, on which nodes, with what
+        lineage["slurm"] = job
     return lineage
