@@ -5,6 +5,8 @@ import sys
 
 import pytest
 
+from conftest import REPO
+
 from clipflux.launch import command
 
 
@@ -31,3 +33,63 @@ def test_the_script_replaces_the_launcher(tmp_path):
                             stdout=subprocess.PIPE, text=True)
     out, _ = proc.communicate(timeout=60)
     assert out.split(maxsplit=1) == [str(proc.pid), "['a', 'b']\n"]
+
+
+def test_a_launcher_key_error_names_the_key_and_what_is_allowed():
+    from clipflux.config import ConfigError, LauncherConfig, from_dict
+
+    with pytest.raises(ConfigError, match=r"launcher.kind: .*'slurm'"):
+        from_dict(LauncherConfig, {"kind": "kubernetes"}, "launcher")
+    with pytest.raises(ConfigError, match=r"launcher.stages.train.gpus: unknown key; allowed keys here are .*'gpus_per_node'"):
+        from_dict(LauncherConfig, {"stages": {"train": {"gpus": 8}}}, "launcher")
+    with pytest.raises(ConfigError, match=r"launcher.stages: .*'report'.*allowed|launcher.stages.*'evaluate', 'pretrain', 'train'"):
+        from_dict(LauncherConfig, {"stages": {"report": {"nodes": 2}}}, "launcher")
+
+
+def test_a_stage_override_changes_only_that_stages_job():
+    from clipflux.config import LauncherConfig, from_dict
+
+    launcher = from_dict(LauncherConfig, {"kind": "slurm", "slurm": {"cpus_per_task": 8, "partition": "gpu"},
+                                          "stages": {"train": {"nodes": 4, "gpus_per_node": 8}}}, "launcher")
+    train, evaluate = launcher.slurm_for("train"), launcher.slurm_for("evaluate")
+    assert (train.nodes, train.gpus_per_node, train.cpus_per_task, train.partition) == (4, 8, 8, "gpu")
+    assert (evaluate.nodes, evaluate.gpus_per_node) == (1, 0)
+
+
+def test_the_batch_script_asks_for_the_resources_and_runs_one_task_per_node(tmp_path):
+    from clipflux.config import SlurmConfig
+    from clipflux.slurm import batch_script, job_name
+
+    cfg = SlurmConfig(nodes=2, cpus_per_task=16, gpus_per_node=8, time="12:00:00", partition="booster",
+                      account="fomo", signal_seconds=300, options=["--qos=high"])
+    name = job_name("train", ["--experiment", "lora per task", "--out", "x"])
+    assert name == "clipflux-train-lora_per_task"
+    script = batch_script(name, cfg, 8, "stages/train.py", ["--experiment", "lora per task"], tmp_path)
+    for option in ("--nodes=2", "--ntasks-per-node=1", "--cpus-per-task=16", "--gpus-per-node=8",
+                   "--time=12:00:00", "--partition=booster", "--account=fomo", "--signal=B:USR1@300", "--requeue",
+                   "--qos=high"):
+        assert f"#SBATCH {option}\n" in script
+    assert "-m clipflux.launch --node 8 stages/train.py --experiment 'lora per task' &" in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script
+    assert "--signal" not in batch_script(name, SlurmConfig(signal_seconds=0), 1, "s.py", [], tmp_path)
+
+
+def test_a_multi_node_job_joins_torchruns_rendezvous_at_the_batch_host():
+    from clipflux.slurm import node_command
+
+    env = {"SLURM_JOB_NUM_NODES": "4", "SLURM_NODEID": "2", "MASTER_ADDR": "node17", "MASTER_PORT": "20042"}
+    cmd = node_command(8, "stages/train.py", ["--x"], env)
+    assert cmd[1:] == ["-m", "torch.distributed.run", "--nnodes", "4", "--node-rank", "2", "--nproc-per-node", "8",
+                       "--master-addr", "node17", "--master-port", "20042", "--max-restarts", "0",
+                       "stages/train.py", "--x"]
+    assert node_command(8, "stages/train.py", [], {"SLURM_JOB_NUM_NODES": "1"}) is None
+
+
+def test_without_params_or_with_the_local_launcher_the_stage_runs_here(tmp_path):
+    script = tmp_path / "s.py"
+    script.write_text("import os; print(os.getpid())\n")
+    (tmp_path / "params.yaml").write_text((REPO / "params.yaml").read_text())
+    proc = subprocess.Popen([sys.executable, "-m", "clipflux.launch", "1", str(script)], cwd=tmp_path,
+                            stdout=subprocess.PIPE, text=True)
+    out, _ = proc.communicate(timeout=60)
+    assert out.strip() == str(proc.pid)

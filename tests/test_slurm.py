@@ -201,9 +201,10 @@ def test_a_job_warned_before_its_time_limit_requeues_and_finishes_bit_identical(
 def test_a_sweep_of_four_experiments_runs_as_concurrent_jobs_into_mongodb_and_dvc_exp_show(cluster,
                                                                                             tmp_path_factory):
     from test_pipeline import TINY as PIPELINE_TINY
+    from test_tracking_pipeline import SMALLER
 
     root = copy_repository(tmp_path_factory.mktemp("sweep"))
-    params = _merge(yaml.safe_load((root / "params.yaml").read_text()), PIPELINE_TINY)
+    params = _merge(_merge(yaml.safe_load((root / "params.yaml").read_text()), PIPELINE_TINY), SMALLER)
     params["experiments"] = {"finetune": params["experiments"]["finetune"]}
     params["launcher"] = {"kind": "slurm", "slurm": {"cpus_per_task": 1, "time": "0:10:00"}}
     params["train"]["threads"] = 1
@@ -226,18 +227,18 @@ def test_a_sweep_of_four_experiments_runs_as_concurrent_jobs_into_mongodb_and_dv
         run("dvc", "repro", "evaluate_base")  # what the sweep shares, the base model's pretraining as a job too
         run("dvc", "exp", "run", "--queue", "-S", "train.seed=1,2,3,4", "evaluate@finetune")
         run("dvc", "queue", "start", "-j", "4")
-        deadline, seen_running = time.monotonic() + 900, 0
+        deadline = time.monotonic() + 900
         while True:  # until all four ended (right after `queue start` the status may list none yet)
             status = run("dvc", "queue", "status")
             if sum(" Success" in line or " Failed" in line for line in status.splitlines()) == 4:
                 break
             assert time.monotonic() < deadline, status
-            seen_running = max(seen_running, sum(j["JobState"] == "RUNNING" for j in cluster.jobs()))
-            time.sleep(1)
+            time.sleep(2)
         assert "Failed" not in status, status
         trains = [j for j in cluster.jobs() if j["JobName"] == "clipflux-train-finetune"]
         assert len(trains) == 4 and all(j["JobState"] == "COMPLETED" for j in trains)
-        assert seen_running >= 2, "the sweep's jobs never ran side by side"
+        starts, ends = sorted(j["StartTime"] for j in trains), sorted(j["EndTime"] for j in trains)
+        assert starts[1] < ends[0], f"the sweep's jobs never ran side by side: {starts}, {ends}"
         rows = json.loads(run("dvc", "exp", "show", "--json"))
         exps = [e for row in rows for e in row.get("experiments") or []]
         seeds = sorted(e["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["seed"] for e in exps)
@@ -249,6 +250,6 @@ def test_a_sweep_of_four_experiments_runs_as_concurrent_jobs_into_mongodb_and_dv
         trains = list(db.runs.find({"meta.stage": "train", "status": "COMPLETED"}))
         assert sorted(r["config"]["train"]["seed"] for r in trains) == [1, 2, 3, 4]
         assert len({r["info"]["lineage"]["slurm"]["job_id"] for r in trains}) == 4
-        assert db.runs.count_documents({"meta.stage": "evaluate", "status": "COMPLETED"}) == 4
+        assert db.runs.count_documents({"meta.dvc_stage": "evaluate@finetune", "status": "COMPLETED"}) == 4
     finally:
         run("clipflux", "mongo", "stop")

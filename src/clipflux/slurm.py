@@ -29,12 +29,6 @@ from clipflux.config import SlurmConfig
 from clipflux.stopping import REQUEUE_EXIT, STOP_FILE_ENV
 
 LOG_DIR = Path(".clipflux") / "slurm"  # under the project (or DVC experiment) folder: batch scripts and logs
-JOB_ENV = {  # what a run's lineage records of its job (`job_info`): Slurm's variable -> key
-    "SLURM_JOB_ID": "job_id", "SLURM_ARRAY_JOB_ID": "array_job_id", "SLURM_JOB_NAME": "job_name",
-    "SLURM_CLUSTER_NAME": "cluster", "SLURM_JOB_PARTITION": "partition", "SLURM_JOB_ACCOUNT": "account",
-    "SLURM_JOB_NODELIST": "nodes", "SLURM_JOB_NUM_NODES": "num_nodes", "SLURM_CPUS_PER_TASK": "cpus_per_task",
-    "SLURM_GPUS_PER_NODE": "gpus_per_node", "SLURM_RESTART_COUNT": "restarts", "SLURM_SUBMIT_HOST": "submit_host",
-}
 
 
 def job_name(stage: str, args: list[str]) -> str:
@@ -95,13 +89,6 @@ def node_command(nproc: int, script: str, args: list[str], env: dict[str, str] =
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(nodes), "--node-rank",
             env["SLURM_NODEID"], "--nproc-per-node", str(nproc), "--master-addr", env["MASTER_ADDR"],
             "--master-port", env["MASTER_PORT"], "--max-restarts", "0", script, *args]
-
-
-def job_info(env: dict[str, str] = os.environ) -> dict[str, str] | None:
-    """The Slurm job this process runs in (id, nodes, resources, restarts), or None outside Slurm."""
-    if "SLURM_JOB_ID" not in env:
-        return None
-    return {key: env[var] for var, key in JOB_ENV.items() if var in env}
 
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",

@@ -23,8 +23,12 @@ from typing import Any
 
 import yaml
 
-from clipflux import slurm
-
+SLURM_JOB = {  # what a run's lineage records of its Slurm job (`slurm_job`): Slurm's variable -> key
+    "SLURM_JOB_ID": "job_id", "SLURM_ARRAY_JOB_ID": "array_job_id", "SLURM_JOB_NAME": "job_name",
+    "SLURM_CLUSTER_NAME": "cluster", "SLURM_JOB_PARTITION": "partition", "SLURM_JOB_ACCOUNT": "account",
+    "SLURM_JOB_NODELIST": "nodes", "SLURM_JOB_NUM_NODES": "num_nodes", "SLURM_CPUS_PER_TASK": "cpus_per_task",
+    "SLURM_GPUS_PER_NODE": "gpus_per_node", "SLURM_RESTART_COUNT": "restarts", "SLURM_SUBMIT_HOST": "submit_host",
+}
 PACKAGES = ("torch", "torchvision", "open_clip_torch", "numpy", "webdataset", "sacred", "dvc", "pymongo", "clipflux")
 
 
@@ -206,7 +210,14 @@ def collect(root: Path, config: dict[str, Any]) -> dict[str, Any]:
         print(f"clipflux: could not record the DVC inputs of {address}: {err}", file=sys.stderr)
     products = {out["path"] for entry in read_lock(root).values() for out in entry.get("outs", [])}
     lineage["git"] = git_info(root, products | set(lineage["dvc"].get("outs", [])))
-    job = slurm.job_info()
+    job = slurm_job()
     if job:  # run as a Slurm job (`launcher.kind: slurm`): which job, on which nodes, with what
         lineage["slurm"] = job
     return lineage
+
+
+def slurm_job(env: dict[str, str] = os.environ) -> dict[str, str] | None:
+    """The Slurm job this process runs in (id, nodes, resources, restarts), or None outside Slurm."""
+    if "SLURM_JOB_ID" not in env:
+        return None
+    return {key: env[var] for var, key in SLURM_JOB.items() if var in env}
