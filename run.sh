@@ -3,7 +3,8 @@
 # (idempotent: a second call reuses it), then runs what you ask:
 #   ./run.sh repro [dvc repro args]   the main job: the whole DVC pipeline on the embedded default
 #   ./run.sh test  [pytest args]      the fast test tier (unit, property, in-process resume; not e2e or slow)
-#   ./run.sh test-all [pytest args]   every test (CI): also real SIGKILLs, torchrun, the pipelines, the browser
+#   ./run.sh test-all [pytest args]   every test (CI): also real SIGKILLs, torchrun, the pipelines, the browser,
+#                                     a two-node Slurm cluster
 #   ./run.sh setup                    only set up the environment
 #   ./run.sh dvc [args]               DVC, writing dvc.lock atomically (src/clipflux/dvcrun.py)
 #   ./run.sh <command ...>            any command inside the environment (e.g. ./run.sh clipflux budget)
@@ -22,9 +23,11 @@ fi
 export PATH="$PWD/.venv/bin:$PATH"
 
 command=${1:-}
-# The test suite drives Omniboard in headless Chromium: Debian's chromium and chromium-driver (once).
+# The test suite drives Omniboard in headless Chromium (Debian's chromium and chromium-driver) and starts a
+# two-node Slurm cluster on 127.0.0.1 (Debian's slurm-wlm and munge): installed once.
 if [ "$command" = test-all ] || [ "$command" = setup ]; then
   tools/install-browser.sh
+  tools/install-slurm.sh
 fi
 
 [ $# -gt 0 ] && shift

@@ -16,11 +16,16 @@ from pathlib import Path
 
 NODES = {"n1": 17101, "n2": 17102}
 CTLD_PORT = 17100
+SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])  # the daemons live in sbin
+
+
+def _which(binary: str) -> str | None:
+    return shutil.which(binary, path=SEARCH)
 
 
 def available() -> str | None:
     """None when the daemons are installed and this process may start them, else why not."""
-    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol") if not shutil.which(b)]
+    missing = [b for b in ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol") if not _which(b)]
     if missing:
         return f"not installed: {', '.join(missing)} (apt-get install slurm-wlm munge)"
     if os.geteuid() != 0:
@@ -71,20 +76,26 @@ class Cluster:
         self.conf = root / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
         self.pids: list[int] = []
+        self.munged_pid: int | None = None  # set when this cluster started munged (then `stop` ends it)
         root.mkdir(parents=True, exist_ok=True)
         (root / "state").mkdir(exist_ok=True)
         self.conf.write_text(_conf(root, cpus))
 
     def start(self) -> "Cluster":
-        key = Path("/etc/munge/munge.key")
-        if not key.exists():
-            subprocess.run(["mungekey", "--create"], check=True, capture_output=True)
-        if subprocess.run(["pgrep", "-x", "munged"], capture_output=True).returncode != 0:
-            Path("/run/munge").mkdir(parents=True, exist_ok=True)
-            subprocess.run(["munged", "--force"], check=True, capture_output=True)
-        self._daemon(["slurmctld", "-D", "-i", "-f", str(self.conf)], "slurmctld")
+        if not Path("/etc/munge/munge.key").exists():
+            subprocess.run([_which("mungekey") or "mungekey", "--create"], check=True, capture_output=True)
+        socket_path = Path("/run/munge/munge.socket.2")
+        if not socket_path.exists():  # no munged answering: start one (it daemonizes), and wait for its socket
+            socket_path.parent.mkdir(parents=True, exist_ok=True)
+            subprocess.run([_which("munged"), "--force"], check=True, capture_output=True)
+            deadline = time.monotonic() + 10
+            while not socket_path.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            pid_file = Path("/run/munge/munged.pid")
+            self.munged_pid = int(pid_file.read_text()) if pid_file.exists() else None
+        self._daemon([_which("slurmctld"), "-D", "-i", "-f", str(self.conf)], "slurmctld")
         for node in NODES:
-            self._daemon(["slurmd", "-D", "-N", node, "-f", str(self.conf)], f"slurmd-{node}")
+            self._daemon([_which("slurmd"), "-D", "-N", node, "-f", str(self.conf)], f"slurmd-{node}")
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             out = self.scontrol("show", "nodes", check=False)
@@ -115,6 +126,10 @@ class Cluster:
 
     def stop(self) -> None:
         subprocess.run(["scancel", "--full", "--user", "root"], env=self.env, capture_output=True)
+        deadline = time.monotonic() + 20  # the jobs' step daemons outlive slurmd: let the cancel reach them first
+        while time.monotonic() < deadline and any(j.get("JobState") in ("RUNNING", "COMPLETING", "CONFIGURING")
+                                                  for j in self.jobs()):
+            time.sleep(0.2)
         for pid in reversed(self.pids):
             try:
                 os.killpg(pid, 15)
@@ -135,3 +150,10 @@ class Cluster:
                 except ProcessLookupError:
                     pass
         self.pids.clear()
+        subprocess.run(["pkill", "-f", "slurmstepd: \\[[0-9]"], capture_output=True)  # any a cancel missed
+        if self.munged_pid:
+            try:
+                os.kill(self.munged_pid, 15)
+            except ProcessLookupError:
+                pass
+            self.munged_pid = None

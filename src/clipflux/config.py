@@ -365,7 +365,7 @@ class SlurmConfig:
 class LauncherConfig:
     """How the heavy stages (pretrain, train, evaluate) run: here (`local`) or as Slurm jobs (`slurm`).
 
-    Not a dependency of any stage: where a stage runs never changes what it writes (tests/test_slurm.py).
+    Not a dependency of any stage: where a stage runs never changes what it writes (tests/test_cluster.py).
 
     Attributes:
         kind: local | slurm.
