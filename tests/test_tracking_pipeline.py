@@ -210,7 +210,7 @@ def test_omniboard_shows_the_runs_and_a_metrics_plot_in_headless_chromium(projec
         cells = lambda: [c.text for c in browser.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]  # noqa: E731
 
         def runs_listed():
-            return {"clipflux.pretrain", "clipflux.train", "clipflux.evaluate"} <= set(cells())
+            return {"pretrain", "train finetune", "evaluate finetune"} <= set(cells())
         _wait(runs_listed)
         grid = browser.find_element(By.CSS_SELECTOR, ".fixedDataTableLayout_main")
 

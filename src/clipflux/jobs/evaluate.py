@@ -25,7 +25,7 @@ from clipflux.metrics import aggregate_metrics
 from clipflux.models import create_model
 from clipflux.streams import chunk, load_stream_file, parse_entry
 from clipflux.subsets import evaluation_plan
-from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.tracking import configure_torch, environment_info, run_name, run_tracked
 
 
 ROLES = {"fif": ("adaptation", "evaluation"), "tic": ("tic",)}
@@ -79,7 +79,7 @@ def evaluate_base(params: Params, shards: Path, base: Path, out: Path) -> None:
         (out / "base.json").write_text(json.dumps(rows, indent=1) + "\n")
         return {name: {k: row[k] for k in ("A_KA", "A_ZS", "GM") if k in row} for name, row in rows.items()}
 
-    run_tracked("evaluate", config, work)
+    run_tracked("evaluate", config, work, name=run_name("evaluate", "base"))
 
 
 def log_row(run, row: dict) -> None:
@@ -179,4 +179,4 @@ def evaluate_seed(params: Params, experiment: str, paths: Paths, seed_index: int
         record(evaluation | {"seed": seed_index}, metrics)
         return metrics.get("final") or metrics.get("tic", {})  # the run's result in Omniboard
 
-    run_tracked("evaluate", config, work)
+    run_tracked("evaluate", config, work, name=run_name("evaluate", experiment, seed_index, params.study.seeds))

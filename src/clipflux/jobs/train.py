@@ -26,7 +26,7 @@ from clipflux.methods import build_method, check_params
 from clipflux.models import architecture, create_model, initial_model, load_weights, save_weights, state_sha256
 from clipflux.processes import exclusive
 from clipflux.schedules import check_schedule
-from clipflux.tracking import configure_torch, environment_info, run_tracked
+from clipflux.tracking import configure_torch, environment_info, run_name, run_tracked
 from clipflux.train import Trainer
 
 
@@ -134,4 +134,5 @@ def train_seed(params: Params, experiment: str, seed_index: int, paths: Paths, p
                           {out / "budget.json": json.dumps(budget, indent=1) + "\n"})
         return {"weights_sha256": state_sha256(model.state_dict())}
 
-    run_tracked("train", config, work, primary=placement.primary, checkpoints=ckpts)
+    run_tracked("train", config, work, primary=placement.primary, checkpoints=ckpts,
+                name=run_name("train", experiment, seed_index, params.study.seeds))

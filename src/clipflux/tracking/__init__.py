@@ -9,7 +9,7 @@ MongoDB server starts when a run or a command needs it.
 | `store` | which MongoDB (environment URL or embedded), redaction of credentials |
 | `server` | the embedded SecantusDB server process: start, stop, status |
 | `observers` | fault-tolerant Sacred observers, bounded captured output |
-| `run` | `run_tracked` |
+| `run` | `run_tracked`, `run_name` |
 | `lineage` | git commit, DVC hashes of inputs and outputs, data manifests, environment |
 | `upload` | runs that only the file observer holds → MongoDB, idempotently |
 | `query` | results, compare and lineage reports from the database |
@@ -17,6 +17,6 @@ MongoDB server starts when a run or a command needs it.
 """
 
 from clipflux.tracking.lineage import environment_info
-from clipflux.tracking.run import configure_torch, run_tracked
+from clipflux.tracking.run import configure_torch, run_name, run_tracked
 
-__all__ = ["configure_torch", "environment_info", "run_tracked"]
+__all__ = ["configure_torch", "environment_info", "run_name", "run_tracked"]

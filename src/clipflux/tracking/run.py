@@ -83,9 +83,15 @@ class Run:
             continue_run(self._run, resumed_from, self._checkpoints)
 
 
+def run_name(stage: str, experiment: str | None = None, seed_index: int = 0, seeds: int = 1) -> str:
+    """What a run is called in Omniboard and `clipflux compare`: stage, experiment, and the seed when the study
+    has several ("train finetune", "evaluate lora seed 2", "pretrain")."""
+    return " ".join([stage, *([experiment] if experiment else []), *([f"seed {seed_index}"] if seeds > 1 else [])])
+
+
 def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], runs_dir: str | Path = RUNS_DIR,
-                primary: bool = True, checkpoints: str | Path | None = None) -> T:
-    """Run `main(run)` as a Sacred run of experiment `clipflux.<stage>`.
+                primary: bool = True, checkpoints: str | Path | None = None, name: str | None = None) -> T:
+    """Run `main(run)` as a Sacred run named `name` (the stage's stage when None).
 
     The run is observed into `runs_dir/<stage>/<id>/` always, and into MongoDB (CLIPFLUX_MONGO_URL, else the
     embedded server) when it answers; a database that is down or dies mid-run never stops the work. The run's
@@ -102,6 +108,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
             after the global generators are seeded as Sacred seeds them on rank 0.
         checkpoints: the checkpoint folder the run trains into (`meta.checkpoints`): how a resumed run finds
             the run it continues (`tracking.resume`).
+        name: the run's name (Sacred's experiment name; `run_name`), else the stage's.
     """
     checkpoints = None if checkpoints is None else str(checkpoints)
     if not primary:
@@ -115,7 +122,7 @@ def run_tracked(stage: str, config: dict[str, Any], main: Callable[[Run], T], ru
 
     root = project_root()
     local_copy = Path(runs_dir) / stage
-    ex = Experiment(f"clipflux.{stage}", save_git_info=False, base_dir=str(root))
+    ex = Experiment(name or stage, save_git_info=False, base_dir=str(root))
     script = Path(sys.argv[0]).resolve()
     if script.suffix == ".py" and script.is_relative_to(root):
         ex.add_source_file(str(script))  # the stage script, shown among the run's sources
