@@ -225,6 +225,7 @@ def test_a_sweep_of_four_experiments_runs_as_concurrent_jobs_into_mongodb_and_dv
         env["CLIPFLUX_MONGO_URL"] = next(w.rstrip("/") + "/" for w in run("clipflux", "mongo", "status").split()
                                          if w.startswith("mongodb://"))
         run("dvc", "repro", "evaluate_base")  # what the sweep shares, the base model's pretraining as a job too
+        before = max((int(j["JobId"]) for j in cluster.jobs()), default=0)  # jobs of the tests before this one
         run("dvc", "exp", "run", "--queue", "-S", "train.seed=1,2,3,4", "evaluate@finetune")
         run("dvc", "queue", "start", "-j", "4")
         deadline = time.monotonic() + 900
@@ -234,8 +235,9 @@ def test_a_sweep_of_four_experiments_runs_as_concurrent_jobs_into_mongodb_and_dv
                 break
             assert time.monotonic() < deadline, status
             time.sleep(2)
-        assert "Failed" not in status, status
-        trains = [j for j in cluster.jobs() if j["JobName"] == "clipflux-train-finetune"]
+        failed = [line.split()[1] for line in status.splitlines() if line.split()[-1:] == ["Failed"]]
+        assert not failed, status + "\n".join(run("dvc", "queue", "logs", name)[-3000:] for name in failed)
+        trains = [j for j in cluster.jobs() if j["JobName"] == "clipflux-train-finetune" and int(j["JobId"]) > before]
         assert len(trains) == 4 and all(j["JobState"] == "COMPLETED" for j in trains)
         starts, ends = sorted(j["StartTime"] for j in trains), sorted(j["EndTime"] for j in trains)
         assert starts[1] < ends[0], f"the sweep's jobs never ran side by side: {starts}, {ends}"

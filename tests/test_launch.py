@@ -4,6 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from conftest import REPO
 
@@ -44,6 +47,27 @@ def test_a_launcher_key_error_names_the_key_and_what_is_allowed():
         from_dict(LauncherConfig, {"stages": {"train": {"gpus": 8}}}, "launcher")
     with pytest.raises(ConfigError, match=r"launcher.stages: .*'report'.*allowed|launcher.stages.*'evaluate', 'pretrain', 'train'"):
         from_dict(LauncherConfig, {"stages": {"report": {"nodes": 2}}}, "launcher")
+
+
+@given(seconds=st.integers(1, 10 * 86400))
+def test_a_time_limit_that_yaml_read_as_seconds_is_the_same_limit(seconds):
+    """`dvc exp run -S` writes params.yaml back with `time: 1:00:00` unquoted, which PyYAML reads as 3600."""
+    from clipflux.config import SlurmConfig, from_dict
+
+    text = from_dict(SlurmConfig, {"time": seconds}, "launcher.slurm").sbatch_time
+    hours, minutes, secs = map(int, text.split(":"))
+    assert hours * 3600 + minutes * 60 + secs == seconds and minutes < 60 and secs < 60
+    assert yaml.safe_load(f"time: {text}")["time"] in (seconds, text)  # unquoted: the same seconds, or the text
+
+
+def test_a_time_limit_must_be_a_slurm_time_or_seconds():
+    from clipflux.config import ConfigError, SlurmConfig, from_dict
+
+    assert from_dict(SlurmConfig, {"time": "1-12:00:00"}, "launcher.slurm").sbatch_time == "1-12:00:00"
+    with pytest.raises(ConfigError, match=r"launcher.slurm.time: a Slurm time limit .* got 0"):
+        from_dict(SlurmConfig, {"time": 0}, "launcher.slurm")
+    with pytest.raises(ConfigError, match=r"launcher.slurm.time: .* got \[1\]"):
+        from_dict(SlurmConfig, {"time": [1]}, "launcher.slurm")
 
 
 def test_a_stage_override_changes_only_that_stages_job():

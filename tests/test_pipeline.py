@@ -118,7 +118,9 @@ def test_a_queued_grid_runs_in_parallel(clone):
     while any(word in _run(["dvc", "queue", "status"], clone) for word in ("Queued", "Running")):
         assert time.monotonic() < deadline, _run(["dvc", "queue", "status"], clone)
         time.sleep(2)
-    assert "Failed" not in _run(["dvc", "queue", "status"], clone)
+    status = _run(["dvc", "queue", "status"], clone)
+    failed = [line.split()[1] for line in status.splitlines() if line.split()[-1:] == ["Failed"]]
+    assert not failed, status + "\n".join(_run(["dvc", "queue", "logs", name], clone)[-3000:] for name in failed)
     rows = json.loads(_run(["dvc", "exp", "show", "--json"], clone))
     experiments = [exp for row in rows for exp in (row.get("experiments") or [])]
     learning_rates = {exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["optim"]["lr"]

@@ -340,7 +340,9 @@ class SlurmConfig:
         nodes: nodes of the job; the world is nodes x the stage's nproc ranks (torchrun's rendezvous).
         cpus_per_task: CPUs per node for the node's ranks (sbatch --cpus-per-task).
         gpus_per_node: GPUs per node (sbatch --gpus-per-node; 0: none asked for).
-        time: the job's time limit (sbatch --time), e.g. "4:00:00".
+        time: the job's time limit (sbatch --time), e.g. "4:00:00" or "1-12:00:00"; an integer is seconds (YAML
+            1.1, which PyYAML reads, turns an unquoted 4:00:00 into 14400, and `dvc exp run -S` writes
+            params.yaml back without the quotes).
         partition, account: sbatch --partition / --account (null: the cluster's default).
         signal_seconds: Slurm warns the job this long before its time limit; the stage then checkpoints at the
             end of its step, and the job requeues itself and resumes there (0: no warning, no requeue).
@@ -350,7 +352,7 @@ class SlurmConfig:
     nodes: int = 1
     cpus_per_task: int = 2
     gpus_per_node: int = 0
-    time: str = "1:00:00"
+    time: Any = "1:00:00"
     partition: str | None = None
     account: str | None = None
     signal_seconds: int = 120
@@ -359,6 +361,18 @@ class SlurmConfig:
     def validate(self, path: str) -> None:
         _positive(self, path, "nodes", "cpus_per_task")
         _non_negative(self, path, "gpus_per_node", "signal_seconds")
+        if isinstance(self.time, bool) or not isinstance(self.time, (str, int)) or \
+                (isinstance(self.time, int) and self.time <= 0):
+            raise ConfigError(f"{path}.time: a Slurm time limit (\"H:MM:SS\", \"D-HH:MM:SS\", minutes as \"90\") or "
+                              f"a positive number of seconds, got {self.time!r}")
+
+    @property
+    def sbatch_time(self) -> str:
+        """`time` as sbatch --time takes it."""
+        if isinstance(self.time, str):
+            return self.time
+        hours, rest = divmod(self.time, 3600)
+        return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ def batch_script(name: str, cfg: SlurmConfig, nproc: int, script: str, args: lis
                  python: str = sys.executable) -> str:
     """The sbatch script of a stage: resources from `cfg`, one srun task per node, each running `nproc` ranks."""
     options = [f"--job-name={name}", f"--nodes={cfg.nodes}", "--ntasks-per-node=1",
-               f"--cpus-per-task={cfg.cpus_per_task}", f"--time={cfg.time}", "--requeue", "--open-mode=append",
+               f"--cpus-per-task={cfg.cpus_per_task}", f"--time={cfg.sbatch_time}", "--requeue", "--open-mode=append",
                f"--output={log_dir.resolve()}/{name}-%j.log", f"--chdir={Path.cwd()}", "--export=ALL"]
     if cfg.gpus_per_node:
         options.append(f"--gpus-per-node={cfg.gpus_per_node}")
