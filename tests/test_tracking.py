@@ -423,6 +423,27 @@ def test_compare_shows_tic_transfer_groups_seeds_sorts_and_writes_csv(live, proj
     assert float(parsed[1]["GM"]) == 44.0 and float(parsed[2]["tic_ret.in_domain"]) == 7.5 and parsed[2]["GM"] == ""
 
 
+def test_compare_shows_a_resumed_run_as_one_row_naming_its_parts(live, project):
+    """A train run killed twice and resumed (runs 11 -> 12 -> 13) and a run replaced by a rerun (14 by 15) are
+    two rows, 13 (continuing 11 and 12) and 15; --history shows all five."""
+    from clipflux.tracking import query
+
+    db = _db(live.port)
+    db.runs.delete_many({})
+
+    def doc(run_id, **extra):
+        return {"_id": run_id, "status": extra.pop("status", "COMPLETED"), "meta": {"stage": "train"},
+                "config": {"experiment": "finetune", "seed_index": 0}, "info": extra.pop("info", {}), **extra}
+
+    db.runs.insert_many([doc(11, status="INTERRUPTED", resumed_by=12),
+                         doc(12, status="INTERRUPTED", resumed_by=13, info={"resumed_from": {"run_id": 11}}),
+                         doc(13, info={"resumed_from": {"run_id": 12, "step": 8}}),
+                         doc(14, replaced_by=15), doc(15)])
+    rows = query.compare(db, {}, stage="train")
+    assert [(r["run"], r["status"], r["continues"]) for r in rows] == [(13, "COMPLETED", "11,12"), (15, "COMPLETED", None)]
+    assert [r["run"] for r in query.compare(db, {}, stage="train", history=True)] == [11, 12, 13, 14, 15]
+
+
 def _run_node(run_id: int, stage: str, upstream: list, seed: int = 0) -> dict:
     return {"run": run_id, "stage": stage, "status": "COMPLETED", "commit": "abc123", "dirty": False,
             "config": {"seed": seed}, "inputs": [], "outputs": [{"path": f"out{run_id}", "md5": f"m{run_id}"}],

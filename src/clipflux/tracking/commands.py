@@ -31,6 +31,8 @@ def add_parsers(sub: Any) -> None:
     compare.add_argument("filters", nargs="*", metavar="KEY=VALUE", help="e.g. method=finetune train.optim.lr=3e-4")
     compare.add_argument("--stage", default="evaluate", help="pretrain, train, evaluate (default) or all")
     compare.add_argument("--show", nargs="*", default=[], metavar="KEY", help="config keys to add as columns")
+    compare.add_argument("--history", action="store_true",
+                         help="every run: also those another run resumed, replaced or superseded")
     compare.add_argument("--group", action="store_true", help="one row per experiment: mean and sd over its seeds")
     compare.add_argument("--sort", metavar="COLUMN", help="sort by a column; descending with a minus: --sort=-GM")
     compare.add_argument("--format", choices=("table", "csv", "json"), default="table")
@@ -116,7 +118,7 @@ def _query(args: argparse.Namespace, root: Path) -> None:
                 print("final  " + "  ".join(f"{k} {v:.4f}" for k, v in out["final"].items() if v is not None))
         elif args.command == "compare":
             rows = query.compare(db, query.parse_filters(args.filters), None if args.stage == "all" else args.stage,
-                                 args.show)
+                                 args.show, history=args.history)
             rows = query.group_seeds(rows) if args.group else rows
             rows = query.sort_rows(rows, args.sort) if args.sort else rows
             form = "json" if args.json else args.format

@@ -149,31 +149,53 @@ def tic_transfer(doc: dict[str, Any]) -> dict[str, float]:
 
 
 def compare(db: Any, filters: dict[str, Any], stage: str | None = "evaluate",
-            show: Iterable[str] = ()) -> list[dict[str, Any]]:
+            show: Iterable[str] = (), history: bool = False) -> list[dict[str, Any]]:
     """One row per run of `stage` whose (effective) config matches every filter, oldest first.
 
     Each row: run, stage, status, experiment, method, seed (the seed's index in the study), config (`config_id`:
-    the same for the runs of one setting over seeds), the final A_KA /
-    A_ZS / GM (FiF) or each TiC dataset's in-domain, backward and forward transfer, and the `show` keys.
+    the same for the runs of one setting over seeds), continues (the runs this one resumed, oldest first:
+    killed or requeued, `tracking.resume`), the final A_KA / A_ZS / GM (FiF) or each TiC dataset's in-domain,
+    backward and forward transfer, and the `show` keys.
+
+    A run that another one continued (`resumed_by`), replaced (`replaced_by`) or superseded is a part of that
+    run, not a row of its own, unless `history` asks for every run.
     """
     rows = []
     everything = list(db.runs.find())
     index = output_index(everything)
+    parts = {doc["_id"]: doc for doc in everything}
+    superseded = {doc.get("info", {}).get("supersedes") for doc in everything}
     for doc in sorted((d for d in everything if not stage or d.get("meta", {}).get("stage") == stage),
                       key=lambda d: d["_id"]):
+        if not history and (doc.get("resumed_by") is not None or doc.get("replaced_by") is not None
+                            or doc["_id"] in superseded):
+            continue
         config = effective_config(doc, index)
         if any(lookup(config, k) != v and str(lookup(config, k)) != str(v) for k, v in filters.items()):
             continue
         series = headline(db, doc["_id"])
         row = {"run": doc["_id"], "stage": stage_of(doc), "status": doc.get("status"),
                "experiment": config.get("experiment"), "method": config.get("method"),
-               "seed": config.get("seed_index"), "config": config_id(config)}
+               "seed": config.get("seed_index"), "config": config_id(config),
+               "continues": ",".join(map(str, continued(doc, parts))) or None}
         row.update({k: series[k]["values"][-1] if series.get(k) else None for k in HEADLINE})
         row.update(tic_transfer(doc))
         row.update({k: lookup(config, k) for k in show})
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))  # FiF and TiC rows share one set of columns
     return [{k: row.get(k) for k in columns} for row in rows]
+
+
+def continued(doc: dict[str, Any], runs: dict[Any, dict[str, Any]]) -> list[Any]:
+    """The ids of the runs that `doc` continues, oldest first (a run resumed after a kill or a requeue names the run
+    it continues in `info.resumed_from.run_id`)."""
+    chain, seen = [], {doc["_id"]}
+    origin = (doc.get("info", {}).get("resumed_from") or {}).get("run_id")
+    while origin is not None and origin not in seen and origin in runs:
+        chain.append(origin)
+        seen.add(origin)
+        origin = (runs[origin].get("info", {}).get("resumed_from") or {}).get("run_id")
+    return chain[::-1]
 
 
 def config_id(config: dict[str, Any]) -> str:
