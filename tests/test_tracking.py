@@ -460,12 +460,16 @@ def test_lineage_prints_each_artifact_once_and_states_its_provenance():
         {"path": "data/raw", "md5": "r1", "stage": {"stage": "download", "params": {"world.seed": 0}, "deps": []}}]}}
     pretrain = _run_node(1, "pretrain", [dict(shards)], seed=3)
     train = _run_node(2, "train@finetune", [{"path": "models/base.pt", "md5": "b1", "run": pretrain}, dict(shards)])
+    train["slurm"] = {"job_id": "4711", "job_name": "clipflux-train-finetune", "nodes": "gpu[01-04]",
+                      "num_nodes": "4", "cpus_per_task": "64", "gpus_per_node": "8", "restarts": "1"}
     evaluate = _run_node(3, "evaluate@finetune", [{"path": "models/finetune", "md5": "f1", "run": train},
                                                   {"path": "models/base.pt", "md5": "b1", "run": pretrain}, dict(shards)])
     tree = {"file": "reports/experiments/finetune/metrics.json", "md5": "x", "run": evaluate}
     text = render(tree)
     assert text.count("stage preprocess") == 1 and text.count("stage download") == 1
     assert text.count("run 1  pretrain  COMPLETED") == 1
+    assert text.count("job     Slurm job 4711 (clipflux-train-finetune) on gpu[01-04]: 4 node(s), 64 CPUs per node, "
+                      "GPUs 8 per node, requeued 1 time(s)") == 1  # the train run only: the others ran here
     assert text.count("← data/shards  md5 s1  (shown above)") == 2
     assert text.count("← models/base.pt  md5 b1  (shown above)") == 1
     paragraph = statement(tree)

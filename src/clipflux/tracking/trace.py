@@ -57,7 +57,7 @@ def run_lineage(db: Any, doc: dict[str, Any], lock: dict[str, Any], depth: int =
             "inputs": (recorded.get("dvc") or {}).get("deps", []), "outputs": recorded.get("outputs", []),
             "data": {name: m.get("sha256") for name, m in (recorded.get("data") or {}).items()},
             "environment": {k: (info.get("environment") or {}).get(k) for k in ("host", "device", "threads")},
-            "upstream": []}
+            "slurm": recorded.get("slurm"), "upstream": []}
     made_by = {dep["path"]: run for dep, run in producers(db, doc)}
     upstream_lock = {s["stage"]: s for s in (recorded.get("dvc") or {}).get("upstream", [])}
     for dep in node["inputs"]:
@@ -149,6 +149,12 @@ def render(tree: dict[str, Any], indent: int = 0, seen: set | None = None) -> st
     lines.append(f"{pad}  params  {_flat(tree['config'])}")
     env = tree["environment"]
     lines.append(f"{pad}  ran on  {env.get('host')}, {env.get('device')}, {env.get('threads')} threads")
+    job = tree.get("slurm")
+    if job:  # launcher.kind: slurm (docs/cluster.md)
+        lines.append(f"{pad}  job     Slurm job {job.get('job_id')} ({job.get('job_name')}) on {job.get('nodes')}: "
+                     f"{job.get('num_nodes')} node(s), {job.get('cpus_per_task')} CPUs per node"
+                     + (f", GPUs {job['gpus_per_node']} per node" if job.get("gpus_per_node") else "")
+                     + f", requeued {job.get('restarts', '0')} time(s)")
     for out in tree["outputs"]:
         lines.append(f"{pad}  wrote   {out['path']}  md5 {out['md5']}")
     if tree["data"]:
