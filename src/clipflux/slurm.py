@@ -93,6 +93,8 @@ def node_command(nproc: int, script: str, args: list[str], env: dict[str, str] =
 
 FINAL_STATES = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                 "DEADLINE", "PREEMPTED"}  # a requeued job passes through PENDING again, never through these
+REQUEUED_AFTER = {"NODE_FAIL", "PREEMPTED"}  # states a requeueable job may show briefly before Slurm requeues it
+REQUEUE_GRACE = 300.0  # seconds such a state must last before it counts as the end
 
 
 def run(stage: str, cfg: SlurmConfig, nproc: int, script: str, args: list[str], poll: float = 0.5) -> int:
@@ -119,11 +121,20 @@ def run(stage: str, cfg: SlurmConfig, nproc: int, script: str, args: list[str], 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, cancel)
-    offset = 0
+    offset, since = 0, None
     while True:  # `sbatch --wait` polls at up to 10 s intervals (a tiny stage waited 14 s for nothing)
         state = job_state(job)
         offset = _copy_new(log, offset)
-        if state is None or state["JobState"] in FINAL_STATES:
+        if state is None:
+            break
+        if state["JobState"] in REQUEUED_AFTER and state.get("Requeue") == "1":
+            since = since or time.monotonic()
+            if time.monotonic() - since < REQUEUE_GRACE:
+                time.sleep(poll)
+                continue
+        elif state["JobState"] not in FINAL_STATES:
+            since = None
+        if state["JobState"] in FINAL_STATES:
             break
         time.sleep(poll)
     if state is None:
