@@ -9,16 +9,4 @@ missing=()
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
-[ ${#missing[@]} -eq 0 ] && exit 0
-
-if [ "$(id -u)" = 0 ]; then
-  sudo=()
-elif sudo -n true 2>/dev/null; then
-  sudo=(sudo -n)
-else
-  echo "warning: cannot install ${missing[*]} (not root): the Omniboard browser test will be skipped" >&2
-  exit 0
-fi
-echo "installing ${missing[*]} (Debian packages, first run only) ..." >&2
-"${sudo[@]}" apt-get update -qq
-DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+exec "$(dirname "$0")/apt-install.sh" "the Omniboard browser test will be skipped" ${missing[@]+"${missing[@]}"}
