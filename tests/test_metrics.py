@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from clipflux.metrics import (aggregate_metrics, fif_scores, forgetting, forgetting_per_dataset, headline,
+from clipflux.metrics import (aggregate_metrics, display_decimals, headline_metrics, fif_scores, forgetting, forgetting_per_dataset, headline,
                               sample_std, seed_mean, seed_std, tic_scores)
 
 score = st.floats(0, 100, allow_nan=False)
@@ -171,3 +171,30 @@ def test_aggregate_mean_within_the_seeds_std_non_negative(seeds):
         assert out[section][f"{key}_std"] <= (max(values) - min(values)) + 1e-4  # never wider than the range
     values = [m["tic"]["tic_cls"]["in_domain"] for m in per_seed]
     assert min(values) - 1e-4 <= out["tic"]["tic_cls"]["in_domain"] <= max(values) + 1e-4
+
+
+# -- the headline: DVC's metrics, and what a runs table shows ------------------------------------------
+
+def test_headline_keeps_the_final_numbers_under_the_experiments_name():
+    three = aggregate_metrics([_metrics(30.0, 50.0, 1.0, 60.0), _metrics(40.0, 50.0, 2.0, 62.0),
+                               _metrics(50.0, 50.0, 6.0, 70.0)])
+    out = headline_metrics("lora", three)
+    assert list(out) == ["lora"]
+    assert list(out["lora"]) == ["A_KA", "A_KA_std", "A_ZS", "A_ZS_std", "GM", "GM_std", "forgetting",
+                                 "forgetting_std", "tic_cls.in_domain", "tic_cls.in_domain_std", "tic_cls.backward",
+                                 "tic_cls.backward_std", "seeds"]
+    assert out["lora"]["A_KA"] == 40.0 and out["lora"]["forgetting"] == -1.0 and out["lora"]["seeds"] == 3
+    one = headline_metrics("finetune", _metrics(40.1865, 49.7583, 15.1111, 61.8638))["finetune"]
+    assert one == {"A_KA": 40.1865, "A_ZS": 49.7583, "GM": _metrics(40.1865, 49.7583, 0, 0)["final"]["GM"],
+                   "forgetting": -1.0, "tic_cls.in_domain": 61.8638, "tic_cls.backward": 40.0}
+
+
+@given(st.lists(st.integers(1, 10**6), min_size=1, max_size=50), st.integers(1, 10**6))
+def test_display_decimals_resolve_one_sample_and_grow_with_the_sets(sizes, more):
+    decimals = display_decimals(sizes)
+    assert 0 <= decimals <= 4
+    step = 100.0 / (len(sizes) * max(sizes))  # one sample more in the largest set
+    if decimals < 4:
+        assert 10.0 ** -decimals <= step * 10 + 1e-9  # no digit below what one sample can move
+    assert round(step, decimals) > 0 or decimals == 4  # the step shows
+    assert display_decimals(sizes + [max(sizes) + more]) >= decimals

@@ -62,17 +62,24 @@ def test_dvc_repro_end_to_end(clone):
           "models/base.pt", "--models", "models/finetune", "--out", "alone"], clone)
     assert (clone / "alone/eval.json").read_bytes() == (clone / "reports/experiments/finetune/eval.json").read_bytes()
 
-    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
-    assert set(metrics) == {"task_00", "task_01", "task_02", "final", "forgetting"}
+    # DVC's metrics are the headline numbers under the experiment's name; scores.json holds every number.
+    scores = json.loads((clone / "reports/experiments/finetune/scores.json").read_text())
+    assert set(scores) == {"task_00", "task_01", "task_02", "final", "forgetting"}
     for task in ("task_00", "task_01", "task_02", "final"):
-        assert 0 <= metrics[task]["A_KA"] <= 100 and 0 <= metrics[task]["A_ZS"] <= 100
-    assert {"mean_adaptation", "mean_evaluation", "shapes"} <= set(metrics["forgetting"])
+        assert 0 <= scores[task]["A_KA"] <= 100 and 0 <= scores[task]["A_ZS"] <= 100
+    assert {"mean_adaptation", "mean_evaluation", "shapes"} <= set(scores["forgetting"])
+    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
+    assert metrics == {"finetune": {k: scores["final"][k] for k in ("A_KA", "A_ZS", "GM")}
+                       | {"forgetting": scores["forgetting"]["mean_adaptation"]}}
     for png in ("trajectory.png", "gm.png", "heatmaps/finetune.png"):
         assert (clone / "reports" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = (clone / "reports/summary.md").read_text()
     assert "| finetune | finetune | 2 |" in summary
-    tic = json.loads((clone / "reports/experiments/tic_sequential/metrics.json").read_text())["tic"]
+    tic = json.loads((clone / "reports/experiments/tic_sequential/scores.json").read_text())["tic"]
     assert set(tic) == {"tic_cls", "tic_ret"} and set(tic["tic_cls"]) == {"in_domain", "backward", "forward", "bwt", "fwt"}
+    tic_headline = json.loads((clone / "reports/experiments/tic_sequential/metrics.json").read_text())
+    assert tic_headline == {"tic_sequential": {f"{n}.{k}": tic[n][k] for n in ("tic_cls", "tic_ret")
+                                               for k in ("in_domain", "backward", "forward")}}
     assert "| tic_sequential | sequential | tic_ret | R@1 |" in summary
     # pretrain; evaluate_base and the check above; train and evaluate for each experiment
     assert len(list((clone / "runs").glob("*/[0-9]*/metrics.json"))) == 3 + 2 * len(EXPERIMENTS)
@@ -94,7 +101,7 @@ def test_dvc_repro_end_to_end(clone):
 
     # DVC plots render, and metrics and plots compare across revisions (the commit above against the workspace).
     diff = _run(["dvc", "metrics", "diff", "--all"], clone)
-    assert "reports/experiments/finetune/metrics.json" in diff and "final.GM" in diff
+    assert "reports/experiments/finetune/metrics.json" in diff and "finetune.GM" in diff
     vega = json.loads(_run(["dvc", "plots", "diff", "HEAD", "--show-vega", "--targets", "trajectory"], clone))
     assert {("finetune", "HEAD"), ("finetune", "workspace")} <= {(v["experiment"], v["rev"]) for v in vega["data"]["values"]}
     _run(["dvc", "plots", "show", "-o", "plots_html"], clone)
@@ -108,11 +115,12 @@ def test_dvc_repro_end_to_end(clone):
 
 @pytest.mark.e2e
 def test_a_queued_grid_runs_in_parallel(clone):
-    """A sweep: `dvc exp run --queue` with a grid of two learning rates, run by two queue workers."""
-    _run(["dvc", "repro", "train@finetune"], clone)  # what the grid shares (nothing to do after the test above)
+    """A sweep: `dvc exp run --queue` with a grid of two learning rates, run by two queue workers; `dvc exp show
+    --only-changed` is then one table of the learning rate and the headline numbers it moved."""
+    _run(["dvc", "repro", "evaluate@finetune"], clone)  # what the grid shares (nothing to do after the test above)
     for cmd in (["git", "add", "-A"], ["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "base"]):
         _run(cmd, clone)
-    _run(["dvc", "exp", "run", "--queue", "-S", "train.optim.lr=0.001,0.003", "train@finetune"], clone)
+    _run(["dvc", "exp", "run", "--queue", "-S", "train.optim.lr=0.001,0.003", "evaluate@finetune"], clone)
     _run(["dvc", "queue", "start", "-j", "2"], clone)
     deadline = time.monotonic() + 600
     while any(word in _run(["dvc", "queue", "status"], clone) for word in ("Queued", "Running")):
@@ -126,6 +134,12 @@ def test_a_queued_grid_runs_in_parallel(clone):
     learning_rates = {exp["revs"][0]["data"]["params"]["params.yaml"]["data"]["train"]["optim"]["lr"]
                       for exp in experiments}
     assert learning_rates == {0.001, 0.003}
+    table = subprocess.run(["dvc", "exp", "show", "--only-changed", "--no-pager"], cwd=clone, capture_output=True,
+                           text=True, env=dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ['PATH']}", COLUMNS="1000")
+                           ).stdout  # at its own width, not cut to a terminal's
+    header = next(line for line in table.splitlines() if "Experiment" in line).split()
+    assert {"finetune.A_KA", "finetune.A_ZS", "finetune.GM", "finetune.forgetting", "train.optim.lr"} <= set(header)
+    assert "…" not in table and max(map(len, table.splitlines())) <= 200, table
 
 
 @pytest.mark.e2e
@@ -155,7 +169,7 @@ def test_tic_runs_from_a_random_initialisation_and_seeds_repeat_an_experiment(cl
     assert not all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
     evaluation = json.loads((clone / "reports/experiments/finetune/eval.json").read_text())
     assert [e["seed"] for e in evaluation["seeds"]] == [0, 1]
-    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())
-    assert metrics["seeds"] == 2 and metrics["final"]["GM_std"] >= 0
+    metrics = json.loads((clone / "reports/experiments/finetune/metrics.json").read_text())["finetune"]
+    assert metrics["seeds"] == 2 and metrics["GM_std"] >= 0 and list(metrics)[:2] == ["A_KA", "A_KA_std"]
     finals = [e["rows"][-1]["GM"] for e in evaluation["seeds"]]
-    assert metrics["final"]["GM"] == pytest.approx(sum(finals) / 2, abs=1e-3)
+    assert metrics["GM"] == pytest.approx(sum(finals) / 2, abs=1e-3)

@@ -171,7 +171,8 @@ def test_kill_during_evaluation_gives_the_same_metrics(workspace):
     assert killed.returncode == -signal.SIGKILL
     again = _stage(workspace, "evaluate.py", *args, "--out", "eval-killed")
     assert again.returncode == 0, again.stderr[-3000:]
-    assert (workspace / "eval-killed/metrics.json").read_bytes() == (workspace / "eval-ref/metrics.json").read_bytes()
+    for name in ("metrics.json", "scores.json"):
+        assert (workspace / "eval-killed" / name).read_bytes() == (workspace / "eval-ref" / name).read_bytes()
     # The killed run could not say it died: the rerun marked it (no run stays RUNNING).
     statuses = [json.loads(p.read_text())["status"] for p in (workspace / "runs/evaluate").glob("*/run.json")]
     assert sorted(statuses) == ["COMPLETED", "COMPLETED", "INTERRUPTED"]

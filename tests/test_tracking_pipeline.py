@@ -30,7 +30,7 @@ SMALLER = {"world": {"scale": 0.05}, "pretrain": {"samples": 256}, "train": {"sa
 SCREENSHOTS = Path(tempfile.gettempdir())
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1000"]
+                  "--window-size=1400,1000"]  # the runs list's first columns are read at this width
 
 
 def _env() -> dict[str, str]:
@@ -60,7 +60,8 @@ def project(tmp_path_factory):
     _run(["git", "init", "-q"], root)
     _run(["git", "add", "-A"], root)
     _run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "clone"], root)
-    _run(["dvc", "repro", "evaluate@finetune"], root)  # only what the checks read, not every experiment
+    # Only what the checks read, not every experiment: two FiF experiments, for Omniboard's compare view.
+    _run(["dvc", "repro", "evaluate@finetune", "evaluate@lora"], root)
     assert not server.status(root).running  # each stage held the embedded server only while it ran
     _run(["clipflux", "mongo", "start"], root)
     yield root
@@ -84,7 +85,8 @@ def _pairs(entries: list[dict]) -> set[tuple[str, str]]:
 
 def test_every_run_lands_with_config_lineage_and_exact_metrics(project, db):
     runs = _runs(db)
-    assert set(runs) == {"pretrain", "train@finetune", "evaluate_base", "evaluate@finetune"}
+    assert set(runs) == {"pretrain", "train@finetune", "evaluate_base", "evaluate@finetune", "train@lora",
+                         "evaluate@lora"}
     lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project, capture_output=True, text=True).stdout.strip()
     manifests = {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
@@ -134,7 +136,9 @@ def test_results_compare_and_lineage_read_the_runs_back(project, db):
 
     rows = json.loads(_run(["clipflux", "compare", "method=finetune", "train.seed=0", "--json"], project))
     assert [(r["run"], r["A_KA"], r["GM"]) for r in rows] == [(evaluate, last["A_KA"], last["GM"])]
-    assert json.loads(_run(["clipflux", "compare", "method=lora", "--json"], project)) == []
+    assert [r["run"] for r in json.loads(_run(["clipflux", "compare", "method=lora", "--json"], project))] == \
+        [runs["evaluate@lora"]["_id"]]
+    assert json.loads(_run(["clipflux", "compare", "method=ewc", "--json"], project)) == []
 
     tree = json.loads(_run(["clipflux", "lineage", "reports/experiments/finetune/metrics.json", "--json"], project))
     assert tree["run"]["run"] == evaluate
@@ -197,41 +201,82 @@ def omniboard(project):
             assert _wait(lambda: not _listening_hosts(_port(address)), timeout=15)
 
 
-def test_omniboard_shows_the_runs_and_a_metrics_plot_in_headless_chromium(project, db, omniboard):
-    from selenium.webdriver.common.action_chains import ActionChains
-    from selenium.webdriver.common.actions.wheel_input import ScrollOrigin
+def test_omniboard_lays_out_the_runs_and_plots_the_trajectory_in_headless_chromium(project, db, omniboard):
+    """At 1400 px the runs list's first columns name the experiment and show A_KA / A_ZS / GM rounded to what the
+    evaluation resolves; comparing two evaluate runs plots A_KA / A_ZS / GM over the tasks, one line per run."""
     from selenium.webdriver.common.by import By
 
     assert _listening_hosts(_port(omniboard)) == {"127.0.0.1"}
-    final = {m["name"]: m["values"][-1] for m in db.metrics.find({"run_id": _runs(db)["evaluate@finetune"]["_id"]})}
+    runs = _runs(db)
+    evaluations = {name: runs[f"evaluate@{name}"] for name in ("finetune", "lora")}
     browser = _browser()
     try:
         browser.get(omniboard)
         cells = lambda: [c.text for c in browser.find_elements(By.CSS_SELECTOR, "[role=gridcell]")]  # noqa: E731
 
         def runs_listed():
-            return {"pretrain", "train finetune", "evaluate finetune"} <= set(cells())
+            return {"pretrain", "train finetune", "evaluate finetune", "evaluate lora"} <= set(cells())
         _wait(runs_listed)
-        grid = browser.find_element(By.CSS_SELECTOR, ".fixedDataTableLayout_main")
+        width = browser.execute_script("return window.innerWidth")
+        assert width <= 1400
 
-        def headline_columns():  # far right: scroll the table sideways until they render
-            ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(grid), 600, 0).perform()
-            heads = [h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role=columnheader]")]
-            return {"A KA", "A ZS", "GM"} <= set(heads) and heads
-        heads = _wait(headline_columns, timeout=30)
-        row = cells()[: len(heads)]  # newest run first: the evaluate run
-        assert float(row[heads.index("A KA")]) == final["eval/A_KA"]
-        assert float(row[heads.index("A ZS")]) == final["eval/A_ZS"]
+        def visible_headers():  # the headers inside the window, left to right, no scrolling
+            heads = browser.find_elements(By.CSS_SELECTOR, "[role=columnheader]")
+            return [h.text for h in heads if h.text and 0 <= h.rect["x"] and h.rect["x"] + h.rect["width"] <= width]
+        heads = _wait(visible_headers)
+        assert heads[heads.index("Experiment Name"):][:9] == ["Experiment Name", "Experiment Key", "Method", "Stream", "Mixture", "Seed", "A-KA",
+                             "A-ZS", "GM"], heads
+        assert not {"Hostname", "Format", "Command"} & set(heads)
+        for name, doc in evaluations.items():
+            summary, digits = doc["info"]["summary"], doc["info"]["summary"]["decimals"]
+            final = {m["name"]: m["values"][-1] for m in db.metrics.find({"run_id": doc["_id"]})}
+            row = _row(browser, f"evaluate {name}")
+            for header, key in (("A-KA", "A_KA"), ("A-ZS", "A_ZS"), ("GM", "GM")):
+                text = row[header]
+                assert float(text) == summary[key] == round(final[f"eval/{key}"], digits), (header, text)
+                assert len(text.partition(".")[2]) <= digits < len(repr(final[f"eval/{key}"]).partition(".")[2])
+            assert row["Experiment Key"] == name and row["Method"] == name and row["Seed"] == "0"
         browser.save_screenshot(str(SCREENSHOTS / "clipflux-omniboard-runs.png"))
 
-        ActionChains(browser).scroll_from_origin(ScrollOrigin.from_element(grid), -100000, 0).perform()
-        _wait(lambda: browser.find_elements(By.CSS_SELECTOR, "a[test-attr='cell-row_expander-0']"))[0].click()
+        # Compare the two evaluate runs: the plot shows the trajectory, one line per run and metric.
+        for name in evaluations:
+            index = _row_index(browser, f"evaluate {name}")
+            browser.find_element(By.CSS_SELECTOR, f"a[test-attr='cell-row_selection-{index}']").click()
+        browser.find_element(By.XPATH, "//button[contains(., 'Compare')]").click()
 
-        def plot_legend():  # every metric of the run is plotted; the legend scrolls, so read textContent
-            return [t.get_attribute("textContent") for t in browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .legendtext")]
-        legend = _wait(plot_legend)
-        assert set(legend) == set(final)
-        assert browser.find_elements(By.CSS_SELECTOR, ".js-plotly-plot .scatterlayer .trace path.js-line")
-        browser.save_screenshot(str(SCREENSHOTS / "clipflux-omniboard-plot.png"))
+        def traces():
+            return browser.execute_script(
+                "var p = document.querySelector('.modal .js-plotly-plot');"
+                "return p && p.data ? p.data.filter(t => t.showlegend !== false).map(t => [t.name, t.x]) : null;")
+        plotted = _wait(traces)
+        expected = {f"{doc['_id']}-eval/{key}" for doc in evaluations.values() for key in ("A_KA", "A_ZS", "GM")}
+        assert {name for name, _ in plotted} == expected
+        assert all(list(x) == [0, 1, 2] for _, x in plotted)  # over the tasks: the base model, then tasks 1 and 2
+        browser.save_screenshot(str(SCREENSHOTS / "clipflux-omniboard-compare.png"))
     finally:
         browser.quit()
+
+
+def _body_rows(browser) -> list:
+    from selenium.webdriver.common.by import By
+
+    return [r for r in browser.find_elements(By.CSS_SELECTOR, "[role=row]")
+            if not r.find_elements(By.CSS_SELECTOR, "[role=columnheader]")]
+
+
+def _row_index(browser, name: str) -> int:
+    """The index of the runs list's row whose name is `name` (newest run first)."""
+    from selenium.webdriver.common.by import By
+
+    texts = [[c.text for c in r.find_elements(By.CSS_SELECTOR, "[role=gridcell]")] for r in _body_rows(browser)]
+    return next(i for i, t in enumerate(texts) if name in t)
+
+
+def _row(browser, name: str) -> dict[str, str]:
+    """The row named `name` as {header: cell text}, the cells matched to the headers by their position."""
+    from selenium.webdriver.common.by import By
+
+    heads = {round(h.rect["x"]): h.text for h in browser.find_elements(By.CSS_SELECTOR, "[role=columnheader]")}
+    row = _body_rows(browser)[_row_index(browser, name)]
+    return {heads[round(c.rect["x"])]: c.text for c in row.find_elements(By.CSS_SELECTOR, "[role=gridcell]")
+            if round(c.rect["x"]) in heads}

@@ -215,3 +215,37 @@ def aggregate_metrics(per_seed: Sequence[Mapping[str, Any]], digits: int = 4) ->
         else:
             out[section] = _with_std(values, std.get(section, {}), STD_KEYS[section], digits)
     return out | {"seeds": len(per_seed)}
+
+
+def headline_metrics(experiment: str, scores: Mapping[str, Any]) -> dict[str, Any]:
+    """The experiment's DVC metrics (`metrics.json`): its headline numbers under its own name, so that every
+    experiment's columns in `dvc exp show` / `dvc metrics diff` are unique short keys (`finetune.GM`).
+
+    FiF: the final A_KA, A_ZS, GM and `forgetting`, the mean forgetting over the adaptation datasets. TiC: each
+    dataset's in-domain, backward and forward transfer (`tic_ret.backward`). Over several seeds each number's
+    `_std` follows it and `seeds` is added. The full record (`scores`, `aggregate_metrics`' output: every task,
+    every dataset's forgetting, GEM's BWT / FWT) is the experiment's `scores.json`.
+    """
+    out: dict[str, Any] = {}
+    final, spread = scores.get("final", {}), scores.get("forgetting", {})
+    for key in ("A_KA", "A_ZS", "GM"):
+        out.update({k: final[k] for k in (key, f"{key}_std") if k in final})
+    out.update({k.replace("mean_adaptation", "forgetting"): spread[k]
+                for k in ("mean_adaptation", "mean_adaptation_std") if k in spread})
+    for dataset, values in scores.get("tic", {}).items():
+        out.update({f"{dataset}.{k}": values[k] for key in ("in_domain", "backward", "forward")
+                    for k in (key, f"{key}_std") if k in values})
+    if "seeds" in scores:
+        out["seeds"] = scores["seeds"]
+    return {experiment: out}
+
+
+def display_decimals(sizes: Sequence[int], per_mean: int | None = None) -> int:
+    """The decimals a mean score (in percent) over datasets of `sizes` samples resolves: one more sample right in
+    the largest dataset moves the mean by 100 / (datasets x largest size); shown to the first decimal that
+    step reaches, between 0 and 4. `per_mean`: how many datasets the mean averages (default: all)."""
+    sizes = [s for s in sizes if s > 0]
+    if not sizes:
+        return 1
+    step = 100.0 / ((per_mean or len(sizes)) * max(sizes))
+    return max(0, min(4, math.ceil(-math.log10(step) - 1e-9)))

@@ -3,7 +3,8 @@ after every task (FiF's protocol), or TiC's dynamic sets (its evaluation matrix)
 
 Full sets for the base model and after the last task, class-balanced subsets (`evaluate.subset`) after the
 tasks in between; in validation mode held-out training samples instead of test data. Writes the evaluation
-matrix (`eval.json`) and A_KA / A_ZS / GM per task, forgetting and TiC transfer (`metrics.json`, DVC metrics).
+matrix (`eval.json`), A_KA / A_ZS / GM per task, forgetting and TiC transfer (`scores.json`), and the headline
+numbers (`metrics.json`, DVC metrics: final A_KA / A_ZS / GM and forgetting, or TiC's transfer).
 
 `evaluate_base` evaluates only the base model, once for all experiments, on the sets of every protocol the
 experiments use, and writes those rows (`base.json`); each experiment's evaluation then starts from them instead
@@ -21,7 +22,7 @@ from clipflux.config import Params
 from clipflux.data.pipeline import load_datasets
 from clipflux.evaluate import Evaluator, evaluate_state, evaluation_sets, preload
 from clipflux.matrix import dataset_info, summarize
-from clipflux.metrics import aggregate_metrics
+from clipflux.metrics import aggregate_metrics, display_decimals, headline_metrics, round_tree
 from clipflux.models import create_model
 from clipflux.streams import chunk, load_stream_file, parse_entry
 from clipflux.subsets import evaluation_plan
@@ -120,11 +121,13 @@ def evaluate(params: Params, experiment: str, paths: Paths) -> None:
     evaluations, metrics = [], []
 
     def write_outputs() -> None:
-        """Write eval.json and metrics.json once every seed is evaluated (inside the last seed's run, so that
-        its lineage records the outputs' hashes)."""
+        """Write eval.json, scores.json and metrics.json once every seed is evaluated (inside the last seed's run,
+        so that its lineage records the outputs' hashes)."""
         paths.out.mkdir(parents=True, exist_ok=True)
         (paths.out / "eval.json").write_text(json.dumps(evaluations[0] | {"seeds": evaluations}, indent=1) + "\n")
-        (paths.out / "metrics.json").write_text(json.dumps(aggregate_metrics(metrics), indent=1) + "\n")
+        scores = aggregate_metrics(metrics)
+        (paths.out / "scores.json").write_text(json.dumps(scores, indent=1) + "\n")
+        (paths.out / "metrics.json").write_text(json.dumps(headline_metrics(experiment, scores), indent=1) + "\n")
 
     for seed_index in range(params.study.seeds):
         last = seed_index == params.study.seeds - 1
@@ -152,9 +155,14 @@ def evaluate_seed(params: Params, experiment: str, paths: Paths, seed_index: int
     trained = sorted(path for path in models.glob("task_*.pt") if path != initial)
     states = [initial if initial.exists() else paths.base] + trained  # states[0] unread with base rows
     plan = evaluation_plan(len(states), cfg.subset)
-    method = params.experiments[experiment].method
-    config = {"experiment": experiment, "seed_index": seed_index, "evaluate": dataclasses.asdict(cfg),
-              "model": dataclasses.asdict(params.model), "datasets": datasets, "skipped": skipped}
+    exp = params.experiments[experiment]
+    method = exp.method
+    budget = models / "budget.json"  # what the train stage allotted (absent for weights from elsewhere)
+    allotted = json.loads(budget.read_text()) if budget.exists() else None
+    config = {"experiment": experiment, "seed_index": seed_index, "method": method, "stream": exp.stream,
+              "mixture": mixture_label(exp.mixture), "steps_per_task": (allotted or {}).get("steps_per_task"),
+              "evaluate": dataclasses.asdict(cfg), "model": dataclasses.asdict(params.model), "datasets": datasets,
+              "skipped": skipped}
 
     def work(run) -> dict:
         run.info["environment"] = environment_info(cfg.threads)
@@ -171,12 +179,32 @@ def evaluate_seed(params: Params, experiment: str, paths: Paths, seed_index: int
             rows.append(row)
             faults.reached("evaluate")
             log_row(run, row)
-        budget = models / "budget.json"  # what the train stage allotted (absent for weights from elsewhere)
         settings = {"validation": cfg.validation, "subset": cfg.subset, "subset_seed": cfg.seed, "skipped": skipped,
-                    "budget": json.loads(budget.read_text()) if budget.exists() else None}
+                    "budget": allotted}
         evaluation, metrics = summarize(experiment, method, datasets, rows, settings,
                                         groups)
+        run.info["summary"] = run_summary(metrics, datasets)
         record(evaluation | {"seed": seed_index}, metrics)
         return metrics.get("final") or metrics.get("tic", {})  # the run's result in Omniboard
 
     run_tracked("evaluate", config, work, name=run_name("evaluate", experiment, seed_index, params.study.seeds))
+
+
+def mixture_label(mixture) -> str:
+    """A mixture as one short label for a runs table: "update 0.5 / buffer 0.25 / pretraining 0.25"."""
+    return " / ".join(f"{k} {v:g}" for k, v in dataclasses.asdict(mixture).items() if isinstance(v, (int, float)))
+
+
+def run_summary(metrics: dict, datasets: dict) -> dict:
+    """The numbers a runs table shows for one evaluate run (its `info.summary`, Omniboard's A_KA / A_ZS / GM /
+    forgetting / TiC columns), rounded to the decimals its evaluation sets resolve (`display_decimals`)."""
+    final, tic = metrics.get("final", {}), metrics.get("tic", {})
+    if tic:
+        decimals = min(display_decimals([datasets[n]["size"]], per_mean=1) for n in tic)
+        summary = {n: {k: v[k] for k in ("in_domain", "backward", "forward")} for n, v in tic.items()}
+    else:
+        decimals = display_decimals([d["size"] for d in datasets.values() if d["role"] == "adaptation"])
+        summary = {k: final[k] for k in ("A_KA", "A_ZS", "GM") if k in final}
+        if "mean_adaptation" in metrics.get("forgetting", {}):
+            summary["forgetting"] = metrics["forgetting"]["mean_adaptation"]
+    return round_tree(summary, decimals) | {"decimals": decimals}

@@ -96,7 +96,7 @@ def _omniboard(args: argparse.Namespace, root: Path) -> None:
     folder = omniboard.install_dir(root)
     omniboard.install(folder)
     with _store(root) as store, _database(store) as db:
-        omniboard.add_columns(db)
+        omniboard.configure(db, folder)
         code = omniboard.serve(store, folder, args.port)
     sys.exit(code)
 

@@ -1,16 +1,29 @@
 """Omniboard, Sacred's web dashboard, installed on first use and served on 127.0.0.1 only.
 
 `clipflux omniboard` installs npm `omniboard@2.16.1` (exact dependency tree from `tools/omniboard/
-package-lock.json`) into `.clipflux/omniboard/` (git-ignored), adds A_KA / A_ZS / GM metric columns to the
-runs list, and serves the runs database. Omniboard has no host option, so node preloads
-`tools/omniboard/preload.js`, which makes every listening socket bind to 127.0.0.1. The database URL
-reaches node through its environment (never its command line, which `ps` shows) and Omniboard's output is
-relayed through `redact`.
+package-lock.json`) into `.clipflux/omniboard/` (git-ignored), lays out the runs list (`configure`), and
+serves the runs database. Omniboard has no host option, so node preloads `tools/omniboard/preload.js`, which
+makes every listening socket bind to 127.0.0.1. The database URL reaches node through its environment (never
+its command line, which `ps` shows) and Omniboard's output is relayed through `redact`.
+
+The layout: the columns a researcher compares come first (`COLUMNS`: the run's name, experiment, method,
+stream, mixture, seed, then A_KA / A_ZS / GM / forgetting and TiC's transfer, rounded to what the evaluation
+resolves, from the evaluate run's `info.summary`), and comparing evaluate runs plots A_KA / A_ZS / GM over
+the tasks (`PLOTTED`). Omniboard keeps both in MongoDB only in part: its custom columns are documents of
+`omniboard.custom.columns`, but the order and visibility of the columns, and the metrics a plot selects, are
+state of the browser (localStorage, `react-localstorage`, key `<db>|RunsTable|1` and
+`<db>|MetricsPlotView|default`; web/src/components/RunsTable/runsTable.js, MetricsPlotView/metricsPlotView.js).
+So `configure` also writes `clipflux-defaults.js` next to Omniboard's `index.html` and one script tag into
+it: the script seeds that state in a browser that has none, or whose seed came from other defaults. What a
+user changes afterwards stays theirs; Omniboard's "Reset Cache" brings the defaults back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import filecmp
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -25,11 +38,52 @@ from clipflux.tracking.store import Store, StoreError, redact, state_dir
 VERSION = "2.16.1"
 TOOLS = Path(__file__).resolve().parents[3] / "tools" / "omniboard"
 DIR_ENV = "CLIPFLUX_OMNIBOARD_DIR"
-METRIC_COLUMNS = [{"name": k, "metric_name": f"eval/{k}", "extrema": "last"} for k in ("A_KA", "A_ZS", "GM")]
-# Not named "experiment": Omniboard would shadow the run's own `experiment` (name, sources) with the column.
-CUSTOM_COLUMNS = [{"name": "dvc_stage", "config_path": "meta.dvc_stage"},
-                  {"name": "experiment_key", "config_path": "config.experiment"}]
 _LISTENING = re.compile(r"listening on port (\d+)")
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    """A column of Omniboard's runs list: its key (the header is the key, capitalised at "_"), where a run
+    keeps its value (`path`: a custom column's path in the run document; Omniboard's own columns: None or
+    their source), its width in pixels, and whether it shows before the user asks for it."""
+
+    key: str
+    path: str | None
+    width: int
+    shown: bool = True
+    custom: bool = True
+
+
+def _own(key: str, width: int, shown: bool = True, path: str | None = None) -> Column:
+    return Column(key, path, width, shown, custom=False)
+
+
+_SUMMARY = "info.summary"  # what the evaluate stage rounds for this table (clipflux.jobs.evaluate.run_summary)
+COLUMNS = (  # in order; the first ones fill 1400 px
+    _own("_id", 56), _own("experiment_name", 150, path="experiment.name"),
+    # Not named "experiment": Omniboard would shadow the run's own `experiment` (name, sources) with the column.
+    Column("experiment_key", "config.experiment", 120), Column("method", "config.method", 100),
+    Column("stream", "config.stream", 90), Column("mixture", "config.mixture", 150),
+    Column("seed", "config.seed_index", 56),
+    Column("A-KA", f"{_SUMMARY}.A_KA", 70), Column("A-ZS", f"{_SUMMARY}.A_ZS", 70), Column("GM", f"{_SUMMARY}.GM", 64),
+    Column("forgetting", f"{_SUMMARY}.forgetting", 96),
+    Column("backward_cls", f"{_SUMMARY}.tic_cls.backward", 112), Column("forward_cls", f"{_SUMMARY}.tic_cls.forward", 104),
+    Column("backward_ret", f"{_SUMMARY}.tic_ret.backward", 112), Column("forward_ret", f"{_SUMMARY}.tic_ret.forward", 104),
+    Column("steps_per_task", "config.steps_per_task", 120), _own("status", 100), _own("duration", 100),
+    Column("in_domain_cls", f"{_SUMMARY}.tic_cls.in_domain", 116, shown=False),
+    Column("in_domain_ret", f"{_SUMMARY}.tic_ret.in_domain", 116, shown=False),
+    Column("dvc_stage", "meta.dvc_stage", 140, shown=False),
+    _own("hostname", 150, False, "host.hostname"), _own("format", 150, False), _own("command", 150, False),
+    _own("start_time", 150, False), _own("stop_time", 150, False), _own("heartbeat", 150, False),
+    _own("result", 150, False), _own("resources", 150, False), _own("tags", 250, False, "omniboard.tags"),
+    _own("notes", 250, False, "omniboard.notes"),
+)
+# Plotted first when runs are compared: evaluate runs' trajectory over the tasks (the step is the task), TiC's
+# headline scores per time step, a train run's loss per step. Every other metric stays one click away.
+PLOTTED = ("eval/A_KA", "eval/A_ZS", "eval/GM", "eval/tic_cls/acc", "eval/tic_ret/R@1", "train/loss")
+OLD_METRIC_COLUMNS = ("A_KA", "A_ZS", "GM")  # earlier clipflux's unrounded metric columns, now `info.summary`
+DB_KEY = "default"  # the key Omniboard gives the one database of MONGO_URI
+DEFAULTS_SCRIPT = "clipflux-defaults.js"
 
 
 def install_dir(root: Path) -> Path:
@@ -67,12 +121,80 @@ def install(folder: Path, log: Callable[[str], None] = print) -> Path:
     return entry_point(folder)
 
 
-def add_columns(db: Any) -> None:
-    """Make A_KA, A_ZS, GM (last value logged) and the DVC stage and experiment columns of the runs list."""
-    for column in METRIC_COLUMNS:
-        db["omniboard.metric.columns"].update_one({"name": column["name"]}, {"$set": column}, upsert=True)
-    for column in CUSTOM_COLUMNS:
-        db["omniboard.custom.columns"].update_one({"name": column["name"]}, {"$set": column}, upsert=True)
+def configure(db: Any, folder: Path) -> None:
+    """Write clipflux's runs-list layout: its custom columns into the database (earlier clipflux's metric
+    columns out), and the browser defaults into Omniboard's web folder (`write_defaults`)."""
+    db["omniboard.metric.columns"].delete_many({"name": {"$in": list(OLD_METRIC_COLUMNS)}})
+    for column in (c for c in COLUMNS if c.custom):
+        db["omniboard.custom.columns"].update_one({"name": column.key},
+                                                  {"$set": {"name": column.key, "config_path": column.path}},
+                                                  upsert=True)
+    config_keys = sorted({k for doc in db.runs.find({}, {"config": 1}) for k in (doc.get("config") or {})})
+    write_defaults(folder, browser_defaults(list(db["omniboard.metric.columns"].find()),
+                                            list(db["omniboard.custom.columns"].find()), config_keys))
+
+
+def _header(key: str) -> str:
+    """Omniboard's header for a column key (web/src/components/Helpers/utils.js `capitalize`)."""
+    return " ".join(part[:1].upper() + part[1:] for part in key.split("_"))
+
+
+def browser_defaults(metric_columns: list[dict], custom_columns: list[dict], config_keys: list[str]) -> dict:
+    """The localStorage entries that give a fresh browser clipflux's layout: the runs list's state (as
+    RunsTable's `stateFilterKeys` hold it) and the plots' default metric selection.
+
+    Args:
+        metric_columns, custom_columns: the database's column documents (a user's own ones are shown last).
+        config_keys: the top-level config keys of the runs (Omniboard's `c_<key>` columns, hidden).
+    """
+    ours = {c.key for c in COLUMNS}
+    extra = [Column(c["name"], c["name"], 150, custom=False) for c in metric_columns if c["name"] not in ours] + \
+        [Column(c["name"], c["config_path"], 150) for c in custom_columns if c["name"] not in ours]
+    config = [_own(f"c_{k}", 150, False, f"config.{k}") for k in config_keys]
+    columns = [c for c in COLUMNS if c.shown] + extra + [c for c in COLUMNS if not c.shown] + config
+    table = {
+        "columnOrder": [c.key for c in columns],
+        "dropdownOptions": [{"label": _header(c.key), "value": c.key, "selected": c.shown} for c in columns],
+        "columnWidths": {c.key: c.width for c in columns},
+        "columnNameMap": {c.key: c.path for c in columns if c.path},
+        "metricAndCustomColumns": [{"name": c["name"], "value": c["name"]} for c in metric_columns] +
+                                  [{"name": c["name"], "value": c["config_path"]} for c in custom_columns],
+        "sort": {},
+    }
+    plot = {"metricNameOptions": [{"label": m, "value": m, "selected": True} for m in PLOTTED]}
+    # The compare view's plot has no database key (MetricsCompareView passes none): "undefined|...".
+    return {f"{DB_KEY}|RunsTable|1": table, f"{DB_KEY}|MetricsPlotView|default": plot,
+            "undefined|MetricsPlotView|default": plot}
+
+
+def write_defaults(folder: Path, defaults: dict) -> None:
+    """Write `clipflux-defaults.js` (seeding `defaults` into localStorage) into Omniboard's web folder and load
+    it from index.html before Omniboard's own script; both writes are atomic and idempotent."""
+    web = entry_point(folder).parents[1] / "web" / "build"
+    version = hashlib.sha256(json.dumps(defaults, sort_keys=True).encode()).hexdigest()[:16]
+    script = (f"// Written by clipflux (clipflux.tracking.omniboard.configure) each time it starts Omniboard.\n"
+              f"(function (defaults, version) {{\n"
+              f"  try {{\n"
+              f"    var fresh = localStorage.getItem('clipflux|defaults') !== version;\n"
+              f"    Object.keys(defaults).forEach(function (key) {{\n"
+              f"      if (fresh || localStorage.getItem(key) === null) localStorage.setItem(key, JSON.stringify(defaults[key]));\n"
+              f"    }});\n"
+              f"    localStorage.setItem('clipflux|defaults', version);\n"
+              f"  }} catch (e) {{ /* no localStorage: Omniboard's own defaults */ }}\n"
+              f"}})({json.dumps(defaults)}, {json.dumps(version)});\n")
+    _atomic_write(web / DEFAULTS_SCRIPT, script)
+    index = web / "index.html"
+    html = index.read_text()
+    tag = f'<script type="text/javascript" src="/{DEFAULTS_SCRIPT}"></script>'
+    if tag not in html:
+        main = html.index('<script type="text/javascript" src="/static/js/main')
+        _atomic_write(index, html[:main] + tag + html[main:])
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def command(folder: Path) -> list[str]:
