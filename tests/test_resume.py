@@ -150,7 +150,8 @@ def _kill_and_resume(root: Path, method: str, fault: str, name: str) -> None:
     assert killed_run["run"]["status"] == "INTERRUPTED" and str(killed_run["run"]["resumed_by"]) == str(resumed_run["id"])
 
 
-@pytest.mark.parametrize("method", METHODS)
+# finetune's kills are the checkpoint-write, task-end and finish tests below; each other method adds its own state.
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "finetune"])
 @settings(max_examples=1, deadline=None, suppress_health_check=list(HealthCheck))
 @given(step=st.integers(1, STEPS * TASKS - 1))
 def test_kill_at_a_random_step_resumes_bit_identically(workspace, method, step):

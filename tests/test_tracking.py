@@ -21,6 +21,7 @@ from pymongo.errors import OperationFailure
 
 from clipflux.tracking import observers, run_tracked, server
 from clipflux.tracking.lineage import upstream_from_lock
+from clipflux.tracking import omniboard
 from clipflux.tracking.omniboard import TOOLS
 from clipflux.tracking.store import URL_ENV, embedded_store, redact
 from clipflux.tracking.upload import upload
@@ -220,6 +221,58 @@ def test_omniboard_preload_binds_every_listen_to_loopback():
     out = subprocess.run(["node", "-r", str(TOOLS / "preload.js"), "-e", script], capture_output=True, text=True,
                          timeout=60, check=True).stdout
     assert json.loads(out) == ["127.0.0.1"] * 3
+
+
+def test_omniboard_layout_puts_the_compared_columns_first_and_keeps_the_rest_on_request():
+    ours = [{"name": c.key, "config_path": c.path} for c in omniboard.COLUMNS if c.custom]
+    custom = ours + [{"name": "my_column", "config_path": "config.train.optim.lr"}]
+    metric = [{"name": "best_loss", "metric_name": "train/loss", "extrema": "min"}]
+    defaults = omniboard.browser_defaults(metric, custom, ["experiment", "train"])
+    table = defaults["default|RunsTable|1"]
+    order, shown = table["columnOrder"], [o["value"] for o in table["dropdownOptions"] if o["selected"]]
+    assert order[:10] == ["_id", "experiment_name", "experiment_key", "method", "stream", "mixture", "seed", "A-KA",
+                          "A-ZS", "GM"]
+    assert [o["value"] for o in table["dropdownOptions"]] == order and shown == order[:len(shown)]
+    assert {"best_loss", "my_column", "continues", "uploaded_from"} <= set(shown)
+    assert not {"hostname", "format", "command", "c_experiment", "c_train"} & set(shown)
+    assert order[-2:] == ["c_experiment", "c_train"]  # every config key is one click away
+    # At 1400 px, beside the selection and expander cells (about 80 px), A_KA, A_ZS and GM are in view.
+    assert sum(table["columnWidths"][k] for k in order[:order.index("GM") + 1]) <= 1400 - 80
+    names = table["columnNameMap"]
+    assert names["A-KA"] == "info.summary.A_KA" and names["experiment_name"] == "experiment.name"
+    assert names["c_train"] == "config.train" and names["my_column"] == "config.train.optim.lr"
+    # What Omniboard itself derives from the column documents (runsTable.js `_getLatestMetricAndCustomColumns`).
+    assert table["metricAndCustomColumns"] == [{"name": "best_loss", "value": "best_loss"}] + \
+        [{"name": c["name"], "value": c["config_path"]} for c in custom]
+    for key in ("default|MetricsPlotView|default", "undefined|MetricsPlotView|default"):
+        assert [o["value"] for o in defaults[key]["metricNameOptions"]][:3] == ["eval/A_KA", "eval/A_ZS", "eval/GM"]
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+def test_omniboard_defaults_seed_a_fresh_browser_and_leave_a_users_layout_alone(tmp_path):
+    web = tmp_path / "node_modules/omniboard/web/build"
+    web.mkdir(parents=True)
+    main = '<script type="text/javascript" src="/static/js/main.0f449cd6.js"></script>'
+    (web / "index.html").write_text(f"<html><body><div id=root></div>{main}</body></html>")
+    omniboard.write_defaults(tmp_path, {"k": {"columnOrder": ["a"]}})
+    omniboard.write_defaults(tmp_path, {"k": {"columnOrder": ["a"]}})
+    html = (web / "index.html").read_text()
+    assert html.count("clipflux-defaults.js") == 1 and html.index("clipflux-defaults.js") < html.index(main)
+
+    def browser(store: dict) -> dict:  # run the script as the page would, on a localStorage holding `store`
+        script = ("const store = " + json.dumps(store) + ";"
+                  "global.localStorage = {getItem: k => (k in store ? store[k] : null), setItem: (k, v) => { store[k] = v; }};"
+                  f"require({json.dumps(str(web / 'clipflux-defaults.js'))});"
+                  "console.log(JSON.stringify(store));")
+        out = subprocess.run(["node", "-e", script], capture_output=True, text=True, timeout=60, check=True).stdout
+        return json.loads(out)
+
+    fresh = browser({})
+    assert json.loads(fresh["k"]) == {"columnOrder": ["a"]}
+    mine = dict(fresh, k=json.dumps({"columnOrder": ["b", "a"]}))
+    assert browser(mine)["k"] == mine["k"]  # the user's own order stays
+    omniboard.write_defaults(tmp_path, {"k": {"columnOrder": ["a", "c"]}})
+    assert json.loads(browser(mine)["k"]) == {"columnOrder": ["a", "c"]}  # new defaults from clipflux replace it
 
 
 def test_a_resumed_run_truncates_the_run_it_continues_in_both_stores(live, project):

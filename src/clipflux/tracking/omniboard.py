@@ -70,6 +70,9 @@ COLUMNS = (  # in order; the first ones fill 1400 px
     Column("backward_cls", f"{_SUMMARY}.tic_cls.backward", 112), Column("forward_cls", f"{_SUMMARY}.tic_cls.forward", 104),
     Column("backward_ret", f"{_SUMMARY}.tic_ret.backward", 112), Column("forward_ret", f"{_SUMMARY}.tic_ret.forward", 104),
     Column("steps_per_task", "config.steps_per_task", 120), _own("status", 100), _own("duration", 100),
+    # A killed or requeued run and the run that resumed it; a run written while MongoDB was down (tracking.upload).
+    Column("continues", "info.resumed_from.run_id", 96), Column("resumed_by", "resumed_by", 104),
+    Column("uploaded_from", "meta.uploaded_from", 200),
     Column("in_domain_cls", f"{_SUMMARY}.tic_cls.in_domain", 116, shown=False),
     Column("in_domain_ret", f"{_SUMMARY}.tic_ret.in_domain", 116, shown=False),
     Column("dvc_stage", "meta.dvc_stage", 140, shown=False),
