@@ -10,6 +10,7 @@ watcher (`watch`) stops it when every holder has died without letting go (a SIGK
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -20,7 +21,6 @@ import subprocess
 import sys
 import time
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -124,7 +124,7 @@ def status(root: Path) -> ServerStatus:
     return ServerStatus(running, pid, port, folder)
 
 
-@contextmanager
+@contextlib.contextmanager
 def _start_lock(folder: Path) -> Iterator[None]:
     # Two stages starting at once (parallel experiments) must not start two servers on one data folder.
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,7 +185,11 @@ def _start_unlocked(root: Path, port: int | None, owner: str) -> ServerStatus:
                      f"within {START_TIMEOUT_S:.0f} s (log: {folder / 'server.log'})")
 
 
-def _terminate(pid: int, grace_s: float = 10.0) -> None:
+def _terminate(pid: int, grace_s: float = 10.0, port: int | None = None) -> None:
+    """SIGTERM, then SIGKILL after `grace_s`. With the server's `port`, each wait also opens and closes a
+    connection to it: SecantusDB's stop closes its listening socket and joins the accepting thread for up to
+    2 s (secantus/server.py `Server.stop`), and on Linux closing a socket does not wake a thread blocked in
+    accept(); a connection does, so the server exits in about 0.3 s instead of 2.1 s."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
@@ -197,7 +201,10 @@ def _terminate(pid: int, grace_s: float = 10.0) -> None:
         except ProcessLookupError:
             return
         _reap(pid)
-        time.sleep(0.1)
+        if port:
+            with contextlib.suppress(OSError):
+                socket.create_connection((HOST, port), timeout=0.1).close()
+        time.sleep(0.05 if port else 0.1)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
@@ -219,11 +226,11 @@ def stop(root: Path) -> ServerStatus:
     record = _read_record(folder)
     pid = record.get("pid")
     if pid and _is_our_process(pid, folder):
-        _terminate(pid)
+        _terminate(pid, port=record.get("port"))
     return ServerStatus(False, pid, record.get("port"), folder)
 
 
-@contextmanager
+@contextlib.contextmanager
 def hold(root: Path) -> Iterator[Store]:
     """Use the embedded server of `root` for a while: started if needed, stopped after if nobody else holds it.
 
@@ -285,7 +292,7 @@ def _alive(pid: int) -> bool:
         return True
 
 
-@contextmanager
+@contextlib.contextmanager
 def open_store(root: Path) -> Iterator[Store | None]:
     """The store runs go to, for the duration of the block: the URL in CLIPFLUX_MONGO_URL, else the embedded
     server (held, see `hold`); None when MongoDB is turned off (CLIPFLUX_MONGO_URL=off)."""
