@@ -195,6 +195,8 @@ def test_display_decimals_resolve_one_sample_and_grow_with_the_sets(sizes, more)
     assert 0 <= decimals <= 4
     step = 100.0 / (len(sizes) * max(sizes))  # one sample more in the largest set
     if decimals < 4:
-        assert 10.0 ** -decimals <= step * 10 + 1e-9  # no digit below what one sample can move
+        assert 10.0 ** -decimals <= step * 10 + 1e-9  # enough digits to show what one sample moves
+    if decimals > 0:
+        assert 10.0 ** -decimals > step / 10 - 1e-12  # and no digit below it
     assert round(step, decimals) > 0 or decimals == 4  # the step shows
     assert display_decimals(sizes + [max(sizes) + more]) >= decimals

@@ -192,19 +192,20 @@ def evaluate_seed(params: Params, experiment: str, paths: Paths, seed_index: int
 
 def mixture_label(mixture) -> str:
     """A mixture as one short label for a runs table: "update 0.5 / buffer 0.25 / pretraining 0.25"."""
-    return " / ".join(f"{k} {v:g}" for k, v in dataclasses.asdict(mixture).items() if isinstance(v, (int, float)))
+    return " / ".join(f"{k} {v:g}" for k, v in dataclasses.asdict(mixture).items())
 
 
 def run_summary(metrics: dict, datasets: dict) -> dict:
     """The numbers a runs table shows for one evaluate run (its `info.summary`, Omniboard's A_KA / A_ZS / GM /
-    forgetting / TiC columns), rounded to the decimals its evaluation sets resolve (`display_decimals`)."""
-    final, tic = metrics.get("final", {}), metrics.get("tic", {})
+    forgetting / TiC columns): its headline numbers (`headline_metrics`, TiC's nested per dataset), rounded to
+    the decimals its evaluation sets resolve (`display_decimals`)."""
+    tic = metrics.get("tic", {})
     if tic:
         decimals = min(display_decimals([datasets[n]["size"]], per_mean=1) for n in tic)
-        summary = {n: {k: v[k] for k in ("in_domain", "backward", "forward")} for n, v in tic.items()}
     else:
         decimals = display_decimals([d["size"] for d in datasets.values() if d["role"] == "adaptation"])
-        summary = {k: final[k] for k in ("A_KA", "A_ZS", "GM") if k in final}
-        if "mean_adaptation" in metrics.get("forgetting", {}):
-            summary["forgetting"] = metrics["forgetting"]["mean_adaptation"]
+    summary: dict = {}
+    for key, value in headline_metrics("run", metrics)["run"].items():
+        dataset, _, name = key.rpartition(".")  # "tic_ret.backward" -> {"tic_ret": {"backward": ...}}
+        (summary.setdefault(dataset, {}) if dataset else summary)[name] = value
     return round_tree(summary, decimals) | {"decimals": decimals}
